@@ -1,0 +1,227 @@
+"""gRPC helpers shared by every service: servers, channels, metadata and errors.
+
+Every server gets the standard health service and server reflection (v1alpha,
+the only version grpcio ships), so ``grpcurl -plaintext HOST:PORT list`` works.
+Errors carry a ``google.rpc.ErrorInfo`` detail whose ``reason`` is one of
+:class:`Reason`, so that clients branch on a stable value, not on a message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import grpc
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from bulkhead.settings import GRPC_MAX_MESSAGE_BYTES
+
+USER_ID_METADATA = "x-bulkhead-user-id"
+REQUEST_ID_METADATA = "x-request-id"
+ERROR_DOMAIN = "bulkhead"
+
+_MESSAGE_SIZE_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+]
+
+# Methods that are safe to repeat: reads, and worker reports that
+# chat_service de-duplicates (batch numbers, idempotent completion).
+# PostMessage is not listed: without an idempotency key a repeat after a lost
+# reply would store the message twice.
+_RETRYABLE_METHODS = [
+    {"service": "chat.v1.ChatService", "method": "GetRun"},
+    {"service": "chat.v1.ChatService", "method": "ListChats"},
+    {"service": "chat.v1.ChatService", "method": "ListMessages"},
+    {"service": "chat.v1.AuthService"},
+    {"service": "chat.v1.RunService", "method": "RenewLease"},
+    {"service": "chat.v1.RunService", "method": "AppendOutput"},
+    {"service": "chat.v1.RunService", "method": "CompleteRun"},
+    {"service": "chat.v1.RunService", "method": "FailRun"},
+]
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": _RETRYABLE_METHODS,
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 3,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+class Reason(StrEnum):
+    """Values of ``ErrorInfo.reason`` that Bulkhead's servers send."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    CHAT_BUSY = "CHAT_BUSY"
+    RUN_FINISHED = "RUN_FINISHED"
+    RUN_NOT_RETRYABLE = "RUN_NOT_RETRYABLE"
+    STALE_ATTEMPT = "STALE_ATTEMPT"
+    RATE_LIMITED = "RATE_LIMITED"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass
+class RpcErrorDetail:
+    """What a client needs from a failed call: code, reason and detail texts."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    violations: list[FieldViolation] = field(default_factory=list)
+
+
+def build_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: Reason,
+    metadata: Mapping[str, str] | None = None,
+    violations: Iterable[FieldViolation] = (),
+) -> grpc.Status:
+    """Build a status with ErrorInfo (and BadRequest for field violations)."""
+    details = []
+    info = error_details_pb2.ErrorInfo(
+        reason=reason.value, domain=ERROR_DOMAIN, metadata=dict(metadata or {})
+    )
+    details.append(_pack(info))
+    violations = list(violations)
+    if violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in violations
+            ]
+        )
+        details.append(_pack(bad_request))
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+def parse_error(error: grpc.RpcError) -> RpcErrorDetail:
+    """Extract code, reason and field violations from a failed call."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = error.details() if hasattr(error, "details") else str(error)
+    detail = RpcErrorDetail(code=code, message=message or "")
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        status = None
+    if status is None:
+        return detail
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            detail.reason = info.reason
+            detail.metadata = dict(info.metadata)
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            packed.Unpack(bad_request)
+            detail.violations = [
+                FieldViolation(v.field, v.description)
+                for v in bad_request.field_violations
+            ]
+    return detail
+
+
+def create_server(
+    service_names: Iterable[str],
+    interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """Create an aio server with health checking and reflection registered.
+
+    The caller adds its own servicers, binds a port and starts the server.
+    ``service_names`` are the full names of the caller's services; they are
+    listed by reflection and reported SERVING by the health service once
+    :func:`mark_serving` is called.
+    """
+    server = grpc.aio.server(
+        interceptors=list(interceptors), options=_MESSAGE_SIZE_OPTIONS
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [
+        *service_names,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+    return server, health_servicer
+
+
+async def mark_serving(
+    health_servicer: health.aio.HealthServicer,
+    service_names: Iterable[str],
+    serving: bool = True,
+) -> None:
+    """Set the health status of the overall server ("") and of each service."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
+
+
+def create_channel(address: str) -> grpc.aio.Channel:
+    """Open an insecure channel with retries for the safe methods.
+
+    Call it inside the running event loop: aio channels belong to the loop
+    that created them.
+    """
+    options = [
+        *_MESSAGE_SIZE_OPTIONS,
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+    return grpc.aio.insecure_channel(address, options=options)
+
+
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed

@@ -1,0 +1,26 @@
+"""Rules for text that Bulkhead stores, applied the same way on every database.
+
+PostgreSQL cannot store NUL in a text column, and asyncpg cannot encode a
+lone surrogate (valid in a Python str after ``json.loads``). Model output
+therefore has both replaced by U+FFFD before it is stored; user input that
+contains them is rejected at the API with 422, so nothing a user sends is
+silently altered.
+"""
+
+from __future__ import annotations
+
+import re
+
+REPLACEMENT_CHARACTER = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def find_unstorable(text: str) -> int | None:
+    """Return the index of the first NUL or lone surrogate, or None."""
+    match = _UNSTORABLE.search(text)
+    return match.start() if match else None
+
+
+def sanitize(text: str) -> str:
+    """Replace NUL and lone surrogates with U+FFFD, leaving all else unchanged."""
+    return _UNSTORABLE.sub(REPLACEMENT_CHARACTER, text)
