@@ -1,0 +1,5 @@
+import sys
+
+from bulkhead.devstack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""Client for chat_service's RunService, as the agent and executor use it.
+
+Every call carries a deadline. A report that chat_service rejects because the
+attempt is no longer current, or because the run already ended, raises
+:class:`RunLostError`: the worker must stop working on the run and
+acknowledge its task. Any other failure raises ``grpc.aio.AioRpcError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from bulkhead.log import get_logger
+from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
+from bulkhead.proto.chat.v1 import run_service_pb2_grpc as run_grpc
+from bulkhead.proto.chat.v1 import types_pb2
+from bulkhead.rpc import Reason, from_timestamp, parse_error
+from bulkhead.worker.loop import Outcome, Task
+
+logger = get_logger(__name__)
+
+DEFAULT_CALL_TIMEOUT_S = 5.0
+# Delay before a task whose run is leased is tried again, when chat_service
+# does not say when the lease expires.
+LEASED_RETRY_S = 5.0
+
+_LOST_REASONS = {Reason.STALE_ATTEMPT.value, Reason.RUN_FINISHED.value}
+
+
+class RunLostError(Exception):
+    """The run ended, or another attempt owns it; the caller stops and acks."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class RunClient:
+    """RunService calls with a deadline each and lost-run errors mapped."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+    ) -> None:
+        self._stub = run_grpc.RunServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def claim(
+        self, run_id: str, stage: int, worker_id: str, delivery: int
+    ) -> run_pb.ClaimRunResponse:
+        request = run_pb.ClaimRunRequest(
+            run_id=run_id, stage=stage, worker_id=worker_id, delivery=delivery
+        )
+        return await self._call(self._stub.ClaimRun, request)
+
+    async def submit_plan(self, run_id: str, attempt: int, plan: run_pb.Plan) -> None:
+        request = run_pb.SubmitPlanRequest(run_id=run_id, attempt=attempt, plan=plan)
+        await self._call(self._stub.SubmitPlan, request)
+
+    async def append_output(
+        self,
+        run_id: str,
+        attempt: int,
+        batch: int,
+        events: Iterable[run_pb.OutputEvent],
+    ) -> run_pb.AppendOutputResponse:
+        request = run_pb.AppendOutputRequest(
+            run_id=run_id, attempt=attempt, batch=batch, events=list(events)
+        )
+        return await self._call(self._stub.AppendOutput, request)
+
+    async def renew_lease(self, run_id: str, attempt: int) -> run_pb.RenewLeaseResponse:
+        request = run_pb.RenewLeaseRequest(run_id=run_id, attempt=attempt)
+        return await self._call(self._stub.RenewLease, request)
+
+    async def complete(
+        self,
+        run_id: str,
+        attempt: int,
+        model_used: str,
+        usage: types_pb2.Usage,
+        model_calls: Iterable[types_pb2.ModelCall],
+    ) -> None:
+        request = run_pb.CompleteRunRequest(
+            run_id=run_id,
+            attempt=attempt,
+            model_used=model_used,
+            usage=usage,
+            model_calls=list(model_calls),
+        )
+        await self._call(self._stub.CompleteRun, request)
+
+    async def fail(
+        self,
+        run_id: str,
+        attempt: int,
+        code: str,
+        message: str,
+        model_calls: Iterable[types_pb2.ModelCall] = (),
+    ) -> None:
+        request = run_pb.FailRunRequest(
+            run_id=run_id,
+            attempt=attempt,
+            error=types_pb2.RunError(code=code, message=message),
+            model_calls=list(model_calls),
+        )
+        await self._call(self._stub.FailRun, request)
+
+    async def release(self, run_id: str, attempt: int, reason: str) -> None:
+        request = run_pb.ReleaseRunRequest(
+            run_id=run_id, attempt=attempt, reason=reason
+        )
+        await self._call(self._stub.ReleaseRun, request)
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            detail = parse_error(error)
+            if (
+                detail.code == grpc.StatusCode.FAILED_PRECONDITION
+                and detail.reason in _LOST_REASONS
+            ):
+                raise RunLostError(detail.reason, detail.message) from error
+            if detail.code == grpc.StatusCode.NOT_FOUND:
+                raise RunLostError(Reason.NOT_FOUND.value, detail.message) from error
+            raise
+
+
+@contextlib.asynccontextmanager
+async def keep_lease(
+    client: RunClient,
+    run_id: str,
+    attempt: int,
+    interval_s: float,
+    on_stop: Callable[[str], None],
+) -> AsyncIterator[None]:
+    """Renew the run's lease every ``interval_s`` seconds while the block runs.
+
+    ``on_stop`` is called once with ``"cancel_requested"`` when chat_service
+    reports that the run was cancelled, or with the rejection reason when the
+    attempt is no longer current; renewal stops then. A failed renewal for
+    any other reason is logged and tried again at the next interval.
+    """
+    renewer = asyncio.create_task(
+        _renew_forever(client, run_id, attempt, interval_s, on_stop),
+        name=f"lease-{run_id}",
+    )
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+
+
+async def _renew_forever(
+    client: RunClient,
+    run_id: str,
+    attempt: int,
+    interval_s: float,
+    on_stop: Callable[[str], None],
+) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            response = await client.renew_lease(run_id, attempt)
+        except RunLostError as error:
+            logger.warning("lease renewal rejected", reason=error.reason)
+            on_stop(error.reason)
+            return
+        except grpc.aio.AioRpcError as error:
+            logger.warning(
+                "lease renewal failed, retrying at the next interval",
+                code=error.code().name,
+                error=error.details(),
+            )
+            continue
+        if response.cancel_requested:
+            logger.info("run cancel requested (lease renewal)")
+            on_stop("cancel_requested")
+            return
+
+
+def skip_outcome(claim: run_pb.ClaimRunResponse) -> Outcome | None:
+    """Return how to settle a task whose run was not claimed, or None if claimed."""
+    outcome = claim.outcome
+    if outcome == run_pb.CLAIM_OUTCOME_CLAIMED:
+        return None
+    if outcome == run_pb.CLAIM_OUTCOME_LEASED:
+        delay = lease_wait_s(claim)
+        logger.info("run leased by another attempt, retrying later", retry_in_s=delay)
+        return Outcome.nak(delay, "leased")
+    name = run_pb.ClaimOutcome.Name(outcome)
+    logger.info("run not claimable, skipping", outcome=name)
+    return Outcome.ack(name)
+
+
+def lease_wait_s(
+    claim: run_pb.ClaimRunResponse,
+    margin_s: float = 1.0,
+    default_s: float = LEASED_RETRY_S,
+) -> float:
+    """Return seconds until the other attempt's lease expires, plus a margin.
+
+    Without an expiry time in the response, returns ``default_s``.
+    """
+    if not claim.HasField("lease_expires_at"):
+        return default_s
+    expires_at = from_timestamp(claim.lease_expires_at)
+    remaining = (expires_at - datetime.now(UTC)).total_seconds()
+    return max(remaining + margin_s, 1.0)
+
+
+async def fail_exhausted_run(
+    runs: RunClient, task: Task, *, stage: int, worker_id: str, code: str, message: str
+) -> bool:
+    """Fail the run after its last delivery failed; return True if that is stored.
+
+    Also returns True when there is nothing to fail because the run already
+    ended. Returns False when chat_service could not be reached or another
+    attempt still holds the run.
+    """
+    attempt = task.attempt
+    if attempt is None:
+        if not task.run_id:
+            return False
+        # This delivery never claimed the run: claim it now for a fencing
+        # token that FailRun accepts.
+        try:
+            claim = await runs.claim(task.run_id, stage, worker_id, task.delivery)
+        except RunLostError:
+            return True
+        if claim.outcome == run_pb.CLAIM_OUTCOME_LEASED:
+            return False
+        if claim.outcome != run_pb.CLAIM_OUTCOME_CLAIMED:
+            return True
+        attempt = claim.attempt
+    try:
+        await runs.fail(task.run_id, attempt, code, message)
+    except RunLostError:
+        return True
+    logger.warning("run failed", code=code, delivery=task.delivery)
+    return True

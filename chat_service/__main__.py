@@ -1,0 +1,3 @@
+from chat_service.server import main
+
+main()

@@ -1,0 +1,41 @@
+"""chat_service settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bulkhead.settings import CommonSettings
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/bulkhead.db"
+
+
+class ChatServiceSettings(CommonSettings):
+    """Settings of chat_service, from ``BULKHEAD_*`` environment variables."""
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+    )
+    database_pool_size: int = Field(default=10, ge=1)
+    database_connect_timeout_s: float = Field(default=3.0, gt=0)
+    chat_service_listen: str = "127.0.0.1:50051"
+    models_file: str | None = None
+
+    lease_s: float = Field(default=30.0, gt=0, description="Lease of one run attempt.")
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Claims per run before it fails with lease_expired.",
+    )
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, ge=3600)
+    relay_batch_size: int = Field(default=200, ge=1)
+    relay_poll_s: float = Field(default=1.0, gt=0)
+    sweep_interval_s: float = Field(default=2.0, gt=0)
+    # A dispatched run that no worker has claimed for this long gets its task
+    # published again (the first may have been lost with an unsynced NATS store).
+    redispatch_after_s: float = Field(default=120.0, gt=0)
+    watch_poll_s: float = Field(
+        default=2.0, gt=0, description="Database re-read interval of an idle watcher."
+    )
+    watch_queue_size: int = Field(default=256, ge=8)
+    max_wait_s: float = Field(default=30.0, gt=0)

@@ -1,0 +1,199 @@
+"""The run event log and its fan-out to watchers.
+
+Events are rows of ``run_events`` with a dense per-run sequence number; they
+are the source of truth for SSE streams. After a transaction commits, the
+new events are handed to the :class:`EventHub`, which wakes local watchers at
+once and publishes a copy on core NATS so that watchers connected to other
+chat_service replicas wake up too. A lost notification only delays a watcher
+until its next database poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bulkhead.log import get_logger
+from bulkhead.proto.chat.v1 import types_pb2
+from bulkhead.rpc import to_timestamp
+from chat_service.store.database import as_utc, utcnow
+from chat_service.store.tables import run_events, runs
+
+logger = get_logger(__name__)
+
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+
+def encode_data(data: dict[str, Any]) -> str:
+    return orjson.dumps(data).decode()
+
+
+def to_proto(
+    seq: int, type_: str, data: str, created_at: datetime
+) -> types_pb2.RunEvent:
+    return types_pb2.RunEvent(
+        seq=seq, type=type_, data_json=data, created_at=to_timestamp(as_utc(created_at))
+    )
+
+
+async def append_events(
+    conn: AsyncConnection,
+    run_id: UUID,
+    event_seq: int,
+    events: Iterable[tuple[str, dict[str, Any]]],
+) -> list[types_pb2.RunEvent]:
+    """Insert events after ``event_seq`` (the run's current counter, read under
+    the run's row lock) and advance the counter. Returns the stored events."""
+    now = utcnow()
+    rows = []
+    seq = event_seq
+    for type_, data in events:
+        seq += 1
+        rows.append(
+            {
+                "run_id": run_id,
+                "seq": seq,
+                "type": type_,
+                "data": encode_data(data),
+                "created_at": now,
+            }
+        )
+    if not rows:
+        return []
+    await conn.execute(insert(run_events), rows)
+    await conn.execute(update(runs).where(runs.c.id == run_id).values(event_seq=seq))
+    return [to_proto(r["seq"], r["type"], r["data"], now) for r in rows]
+
+
+async def events_after(
+    conn: AsyncConnection, run_id: UUID, after_seq: int, limit: int
+) -> list[types_pb2.RunEvent]:
+    result = await conn.execute(
+        select(
+            run_events.c.seq,
+            run_events.c.type,
+            run_events.c.data,
+            run_events.c.created_at,
+        )
+        .where(run_events.c.run_id == run_id, run_events.c.seq > after_seq)
+        .order_by(run_events.c.seq)
+        .limit(limit)
+    )
+    return [to_proto(r.seq, r.type, r.data, r.created_at) for r in result]
+
+
+@dataclass
+class AfterCommit:
+    """Side effects to perform once a transaction has committed."""
+
+    events: dict[UUID, list[types_pb2.RunEvent]] = field(default_factory=dict)
+    cancelled_runs: list[UUID] = field(default_factory=list)
+    outbox_rows: int = 0
+
+    def add_events(self, run_id: UUID, events: list[types_pb2.RunEvent]) -> None:
+        if events:
+            self.events.setdefault(run_id, []).extend(events)
+
+
+class Subscription:
+    """A watcher's bounded inbox of events for one run.
+
+    When the inbox is full the subscription is marked ``overflowed`` and
+    further events are dropped; the watcher then reads from the database, so
+    a slow watcher costs bounded memory and loses nothing.
+    """
+
+    def __init__(self, run_id: UUID, size: int) -> None:
+        self.run_id = run_id
+        self.queue: asyncio.Queue[types_pb2.RunEvent] = asyncio.Queue(maxsize=size)
+        self.overflowed = False
+
+    def offer(self, event: types_pb2.RunEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    def drain(self) -> list[types_pb2.RunEvent]:
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
+
+
+Publisher = Callable[[str, bytes], Awaitable[None]]
+OnCommit = Callable[[AfterCommit], Awaitable[None]]
+
+
+class EventHub:
+    """Delivers committed events to watchers in this process and, through
+    core NATS, in every other chat_service replica."""
+
+    def __init__(self, subject_for: Callable[[str], str], queue_size: int) -> None:
+        self._subject_for = subject_for
+        self._queue_size = queue_size
+        self._subscriptions: dict[UUID, set[Subscription]] = defaultdict(set)
+        self._publisher: Publisher | None = None
+
+    def set_publisher(self, publisher: Publisher | None) -> None:
+        self._publisher = publisher
+
+    def subscribe(self, run_id: UUID) -> Subscription:
+        subscription = Subscription(run_id, self._queue_size)
+        self._subscriptions[run_id].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        watchers = self._subscriptions.get(subscription.run_id)
+        if watchers is None:
+            return
+        watchers.discard(subscription)
+        if not watchers:
+            del self._subscriptions[subscription.run_id]
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._subscriptions.values())
+
+    def deliver_local(self, run_id: UUID, events: Iterable[types_pb2.RunEvent]) -> None:
+        watchers = self._subscriptions.get(run_id)
+        if not watchers:
+            return
+        for event in events:
+            for subscription in list(watchers):
+                subscription.offer(event)
+
+    async def publish(self, run_id: UUID, events: list[types_pb2.RunEvent]) -> None:
+        """Deliver locally, then broadcast to other replicas (best effort)."""
+        self.deliver_local(run_id, events)
+        if self._publisher is None:
+            return
+        payload = types_pb2.RunEventBatch(run_id=str(run_id), events=events)
+        try:
+            await self._publisher(
+                self._subject_for(str(run_id)), payload.SerializeToString()
+            )
+        except Exception as error:  # a lost notice only delays watchers
+            logger.debug("event broadcast failed", run_id=str(run_id), error=str(error))
+
+    def on_broadcast(self, payload: bytes) -> None:
+        """Handle a batch published by any replica (including this one)."""
+        batch = types_pb2.RunEventBatch()
+        try:
+            batch.ParseFromString(payload)
+            run_id = UUID(batch.run_id)
+        except Exception as error:
+            logger.warning("malformed event broadcast dropped", error=str(error))
+            return
+        self.deliver_local(run_id, batch.events)

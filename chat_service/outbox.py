@@ -1,0 +1,171 @@
+"""The transactional outbox and its relay to JetStream.
+
+A task is scheduled by inserting an outbox row in the same transaction as
+the state change that needs it; the relay publishes pending rows with a
+``Nats-Msg-Id`` header (JetStream drops a repeat inside its duplicate
+window) and deletes them once JetStream acknowledged them. If NATS is down,
+rows wait and the API keeps accepting messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from nats.js import JetStreamContext
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bulkhead.log import get_logger
+from bulkhead.messaging import Topology
+from bulkhead.proto.agent.v1 import agent_pb2
+from bulkhead.proto.executor.v1 import executor_pb2
+from chat_service.store.database import Database, utcnow
+from chat_service.store.tables import outbox
+
+logger = get_logger(__name__)
+
+PUBLISH_TIMEOUT_S = 2.0
+
+
+async def enqueue_task(
+    conn: AsyncConnection, topology: Topology, run_id: UUID, stage: str
+) -> None:
+    """Insert the outbox row that schedules ``stage`` ("agent" or "executor")."""
+    if stage == "agent":
+        subject = topology.subjects.agent_tasks
+        payload = agent_pb2.AgentTask(run_id=str(run_id)).SerializeToString()
+    else:
+        subject = topology.subjects.executor_tasks
+        payload = executor_pb2.ExecutorTask(run_id=str(run_id)).SerializeToString()
+    await conn.execute(
+        insert(outbox).values(
+            subject=subject,
+            payload=payload,
+            msg_id=uuid.uuid4().hex,
+            created_at=utcnow(),
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes outbox rows to JetStream; one per chat_service process.
+
+    On PostgreSQL, several relays share the table: each batch is selected
+    ``FOR UPDATE SKIP LOCKED`` and deleted in the same transaction, so two
+    relays never publish the same row at the same time. On SQLite (one
+    replica), rows are read and deleted in short transactions around the
+    publish, so the single write lock is never held while waiting on NATS.
+    """
+
+    def __init__(self, db: Database, batch_size: int, poll_s: float) -> None:
+        self._db = db
+        self._batch_size = batch_size
+        self._poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._js: JetStreamContext | None = None
+        self._failures = 0
+        self.published = 0
+
+    def attach(self, js: JetStreamContext | None) -> None:
+        self._js = js
+        if js is not None:
+            self.wake()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        logger.info("outbox relay started")
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._backoff_s())
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                await self._drain()
+        finally:
+            logger.info("outbox relay stopped", published=self.published)
+
+    async def _drain(self) -> None:
+        if self._js is None:
+            return
+        while True:
+            try:
+                sent = await self._relay_batch()
+            except Exception as error:
+                self._failures += 1
+                if self._failures == 1 or self._failures % 30 == 0:
+                    logger.warning(
+                        "outbox relay failed, will retry",
+                        error=str(error) or type(error).__name__,
+                        failures=self._failures,
+                    )
+                return
+            if self._failures:
+                logger.info("outbox relay recovered", failures=self._failures)
+                self._failures = 0
+            self.published += sent
+            if sent < self._batch_size:
+                return
+
+    def _backoff_s(self) -> float:
+        if not self._failures:
+            return self._poll_s
+        return min(self._poll_s * 2 ** min(self._failures, 5), 10.0)
+
+    async def _relay_batch(self) -> int:
+        if self._db.is_sqlite:
+            async with self._db.transaction() as conn:
+                rows = await self._select(conn, lock=False)
+            sent_ids = await self._publish(rows)
+            if sent_ids:
+                async with self._db.transaction() as conn:
+                    await conn.execute(delete(outbox).where(outbox.c.id.in_(sent_ids)))
+            return len(sent_ids)
+
+        async with self._db.transaction() as conn:
+            rows = await self._select(conn, lock=True)
+            sent_ids = await self._publish(rows)
+            if sent_ids:
+                await conn.execute(delete(outbox).where(outbox.c.id.in_(sent_ids)))
+        return len(sent_ids)
+
+    async def _select(self, conn: AsyncConnection, lock: bool) -> Sequence[Any]:
+        query = select(outbox).order_by(outbox.c.id).limit(self._batch_size)
+        if lock:
+            query = query.with_for_update(skip_locked=True)
+        return (await conn.execute(query)).all()
+
+    async def _publish(self, rows: Sequence[Any]) -> list[int]:
+        js = self._js
+        if not rows or js is None:
+            return []
+
+        async def publish_one(row: Any) -> int:
+            await js.publish(
+                row.subject,
+                row.payload,
+                timeout=PUBLISH_TIMEOUT_S,
+                headers={"Nats-Msg-Id": row.msg_id},
+            )
+            return row.id
+
+        results = await asyncio.gather(
+            *(publish_one(r) for r in rows), return_exceptions=True
+        )
+        sent = [r for r in results if isinstance(r, int)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and not sent:
+            raise errors[0]
+        if errors:
+            logger.warning(
+                "some outbox rows were not published",
+                failed=len(errors),
+                sent=len(sent),
+            )
+        return sent

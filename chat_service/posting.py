@@ -1,0 +1,233 @@
+"""PostMessage: the synchronous path of an accepted message.
+
+One transaction stores, in this order: the idempotency key, the chat (new or
+locked), the user message, the run and, when the chat has no run in flight,
+the outbox row that schedules the agent. Nothing about AI work happens here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bulkhead.messaging import Topology
+from bulkhead.models import ModelCatalog
+from bulkhead.proto.chat.v1 import chat_service_pb2
+from bulkhead.text import find_unstorable
+from chat_service import idempotency
+from chat_service.convert import message_to_proto, run_to_proto
+from chat_service.errors import ChatBusyError, InvalidArgumentError, NotFoundError
+from chat_service.events import AfterCommit
+from chat_service.lifecycle import dispatch_next, finish_run
+from chat_service.store.database import Database, utcnow
+from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
+from chat_service.store.tables import chats, messages, runs
+
+MAX_KEY_LENGTH = 255
+TITLE_LENGTH = 80
+
+
+@dataclass(frozen=True)
+class PostLimits:
+    max_content_chars: int
+    idempotency_ttl_s: float
+
+
+def validate_request(
+    request: chat_service_pb2.PostMessageRequest,
+    catalog: ModelCatalog,
+    limits: PostLimits,
+) -> str:
+    """Check the request; return the model route to use. Raises InvalidArgumentError."""
+    content = request.content
+    if not content.strip():
+        raise InvalidArgumentError("content", "must not be empty or blank")
+    if len(content) > limits.max_content_chars:
+        raise InvalidArgumentError(
+            "content", f"must be at most {limits.max_content_chars} characters"
+        )
+    position = find_unstorable(content)
+    if position is not None:
+        raise InvalidArgumentError(
+            "content", f"contains a NUL character or lone surrogate at index {position}"
+        )
+    key = request.idempotency_key
+    if len(key) > MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
+        raise InvalidArgumentError(
+            "idempotency_key", "must be 1 to 255 printable ASCII characters"
+        )
+    try:
+        return catalog.resolve(request.model or None)
+    except KeyError:
+        raise InvalidArgumentError(
+            "model", f"unknown model {request.model!r}"
+        ) from None
+
+
+async def post_message(
+    db: Database,
+    topology: Topology,
+    catalog: ModelCatalog,
+    limits: PostLimits,
+    user_id: str,
+    request: chat_service_pb2.PostMessageRequest,
+) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
+    """Store a user message and its run; return the response and post-commit work."""
+    model = validate_request(request, catalog, limits)
+    chat_id = parse_uuid(request.chat_id, "chat") if request.chat_id else None
+    effects = AfterCommit()
+    key = request.idempotency_key
+    fingerprint = idempotency.fingerprint(
+        request.content, request.chat_id, request.model, request.on_busy
+    )
+
+    async with db.transaction() as conn:
+        if key:
+            claim = await idempotency.claim_key(
+                conn, user_id, key, fingerprint, limits.idempotency_ttl_s
+            )
+            if claim.replay is not None:
+                replay = chat_service_pb2.PostMessageResponse.FromString(claim.replay)
+                replay.replayed = True
+                return replay, AfterCommit()
+
+        chat_id, seq = await _next_seq(conn, user_id, chat_id, request.content)
+        await _resolve_busy(conn, chat_id, request.on_busy, effects, topology)
+        response = await _insert_message_and_run(
+            conn, user_id, chat_id, seq, model, request
+        )
+        # Dispatches the new run only if no earlier run of the chat is in flight.
+        await dispatch_next(conn, chat_id, effects, topology)
+        if key:
+            await idempotency.store_response(
+                conn, user_id, key, response.SerializeToString()
+            )
+    return response, effects
+
+
+async def _next_seq(
+    conn: AsyncConnection, user_id: str, chat_id: UUID | None, content: str
+) -> tuple[UUID, int]:
+    """Create the chat or lock an existing one; return its id and the message seq."""
+    now = utcnow()
+    if chat_id is None:
+        chat_id = uuid.uuid4()
+        await conn.execute(
+            insert(chats).values(
+                id=chat_id,
+                user_id=user_id,
+                title=_title(content),
+                last_seq=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return chat_id, 1
+    row = (
+        await conn.execute(
+            update(chats)
+            .where(chats.c.id == chat_id, chats.c.user_id == user_id)
+            .values(last_seq=chats.c.last_seq + 2, updated_at=now)
+            .returning(chats.c.last_seq)
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError("chat not found")
+    return chat_id, row.last_seq
+
+
+async def _resolve_busy(
+    conn: AsyncConnection,
+    chat_id: UUID,
+    on_busy: int,
+    effects: AfterCommit,
+    topology: Topology,
+) -> None:
+    """Apply the on_busy policy to the chat's active runs."""
+    active = (
+        await conn.execute(
+            select(runs)
+            .where(runs.c.chat_id == chat_id, runs.c.status.in_(ACTIVE_STATUSES))
+            .order_by(runs.c.user_message_seq)
+            .with_for_update()
+        )
+    ).all()
+    if not active:
+        return
+    if on_busy == chat_service_pb2.ON_BUSY_REJECT:
+        raise ChatBusyError("the chat has an active run", run_id=str(active[0].id))
+    if on_busy == chat_service_pb2.ON_BUSY_INTERRUPT:
+        for run in active:
+            await finish_run(
+                conn, run, "cancelled", effects, topology, {"reason": "interrupted"}
+            )
+
+
+async def _insert_message_and_run(
+    conn: AsyncConnection,
+    user_id: str,
+    chat_id: UUID,
+    seq: int,
+    model: str,
+    request: chat_service_pb2.PostMessageRequest,
+) -> chat_service_pb2.PostMessageResponse:
+    now = utcnow()
+    message_id, run_id = uuid.uuid4(), uuid.uuid4()
+    message: dict[str, Any] = {
+        "id": message_id,
+        "chat_id": chat_id,
+        "seq": seq,
+        "role": "user",
+        "content": request.content,
+        "status": "completed",
+        "run_id": run_id,
+        "created_at": now,
+        "updated_at": now,
+    }
+    run: dict[str, Any] = {
+        "id": run_id,
+        "chat_id": chat_id,
+        "user_id": user_id,
+        "user_message_id": message_id,
+        "user_message_seq": seq,
+        "assistant_message_id": None,
+        "status": "queued",
+        "stage": "agent",
+        "dispatched": False,
+        "dispatched_at": None,
+        "model": model,
+        "model_used": None,
+        "error_code": None,
+        "error_message": None,
+        "attempt": 0,
+        "event_seq": 0,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+    }
+    await conn.execute(insert(messages).values(message))
+    await conn.execute(insert(runs).values(run))
+    return chat_service_pb2.PostMessageResponse(
+        chat_id=str(chat_id),
+        message=message_to_proto(_Row(message)),
+        run=run_to_proto(_Row(run)),
+    )
+
+
+def _title(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
+
+
+class _Row:
+    """Attribute access over a dict of column values, like a result row."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)

@@ -1,0 +1,477 @@
+"""The run state machine as seen by workers: claim, report, finish.
+
+Every claim increments the run's ``attempt``, which is the fencing token: a
+report must carry the current attempt or it fails with STALE_ATTEMPT and
+changes nothing. All transitions lock the run row first (PostgreSQL
+``FOR UPDATE``; SQLite serializes write transactions).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bulkhead.messaging import Topology
+from bulkhead.proto.chat.v1 import run_service_pb2, types_pb2
+from bulkhead.rpc import from_timestamp, to_timestamp
+from bulkhead.text import sanitize
+from chat_service.convert import MESSAGE_ROLE
+from chat_service.errors import (
+    InvalidArgumentError,
+    RunFinishedError,
+    StaleAttemptError,
+)
+from chat_service.events import AfterCommit, append_events
+from chat_service.lifecycle import finish_run
+from chat_service.outbox import enqueue_task
+from chat_service.store.database import as_utc, utcnow
+from chat_service.store.queries import TERMINAL_STATUSES, get_run_row
+from chat_service.store.tables import messages, model_calls, runs
+
+STAGE_NAMES = {
+    run_service_pb2.STAGE_AGENT: "agent",
+    run_service_pb2.STAGE_EXECUTOR: "executor",
+}
+MAX_ERROR_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    lease_s: float
+    max_attempts: int
+
+
+@dataclass
+class Outcome:
+    """A transition's response plus what to do after commit."""
+
+    response: Any
+    effects: AfterCommit = field(default_factory=AfterCommit)
+
+
+def _check_attempt(run: Any, attempt: int) -> None:
+    if run.status in TERMINAL_STATUSES:
+        raise RunFinishedError(f"run is {run.status}", status=run.status)
+    if run.attempt != attempt:
+        raise StaleAttemptError(
+            f"attempt {attempt} is not the current attempt {run.attempt}",
+            current_attempt=str(run.attempt),
+        )
+
+
+async def claim(
+    conn: AsyncConnection,
+    request: run_service_pb2.ClaimRunRequest,
+    policy: RunPolicy,
+    topology: Topology,
+) -> Outcome:
+    stage = STAGE_NAMES.get(request.stage)
+    if stage is None:
+        raise InvalidArgumentError("stage", "must be STAGE_AGENT or STAGE_EXECUTOR")
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    response = run_service_pb2.ClaimRunResponse(
+        chat_id=str(run.chat_id), user_id=run.user_id
+    )
+    if run.status in TERMINAL_STATUSES:
+        response.outcome = run_service_pb2.CLAIM_OUTCOME_FINISHED
+        return Outcome(response)
+    if run.stage != stage or not run.dispatched:
+        response.outcome = run_service_pb2.CLAIM_OUTCOME_WRONG_STAGE
+        return Outcome(response)
+    now = utcnow()
+    lease = as_utc(run.lease_expires_at)
+    if lease is not None and lease > now and run.worker_id != request.worker_id:
+        response.outcome = run_service_pb2.CLAIM_OUTCOME_LEASED
+        response.lease_expires_at.CopyFrom(to_timestamp(lease))
+        return Outcome(response)
+
+    effects = AfterCommit()
+    if run.attempt >= policy.max_attempts:
+        await finish_run(
+            conn,
+            run,
+            "failed",
+            effects,
+            topology,
+            {"error": {"code": "lease_expired", "message": _exhausted_message(run)}},
+            error_code="lease_expired",
+            error_message=_exhausted_message(run),
+        )
+        response.outcome = run_service_pb2.CLAIM_OUTCOME_FINISHED
+        return Outcome(response, effects)
+
+    attempt = run.attempt + 1
+    lease_expires_at = now + timedelta(seconds=policy.lease_s)
+    values: dict[str, Any] = {
+        "attempt": attempt,
+        "worker_id": request.worker_id,
+        "lease_expires_at": lease_expires_at,
+        "status": "running",
+        "output_batch": 0,
+        "updated_at": now,
+    }
+    if stage == "executor" and run.assistant_message_id is None:
+        values["assistant_message_id"] = await _create_assistant_message(conn, run)
+    await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
+    if run.status == "queued":
+        stored = await append_events(
+            conn, run.id, run.event_seq, [("run.status", {"status": "running"})]
+        )
+        effects.add_events(run.id, stored)
+
+    response.outcome = run_service_pb2.CLAIM_OUTCOME_CLAIMED
+    response.attempt = attempt
+    response.lease_expires_at.CopyFrom(to_timestamp(lease_expires_at))
+    response.model = run.model
+    if stage == "agent":
+        response.history.extend(await _history(conn, run))
+    else:
+        if run.plan is not None:
+            response.plan.ParseFromString(run.plan)
+        response.has_output = run.has_output
+    return Outcome(response, effects)
+
+
+async def submit_plan(
+    conn: AsyncConnection,
+    request: run_service_pb2.SubmitPlanRequest,
+    topology: Topology,
+) -> Outcome:
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    _check_attempt(run, request.attempt)
+    if run.stage != "agent":
+        raise StaleAttemptError("the run's plan was already submitted")
+    if not request.plan.model_chain:
+        raise InvalidArgumentError("plan.model_chain", "must name at least one model")
+    now = utcnow()
+    await conn.execute(
+        update(runs)
+        .where(runs.c.id == run.id)
+        .values(
+            plan=request.plan.SerializeToString(),
+            stage="executor",
+            lease_expires_at=None,
+            worker_id=None,
+            dispatched_at=now,
+            updated_at=now,
+        )
+    )
+    await enqueue_task(conn, topology, run.id, "executor")
+    effects = AfterCommit(outbox_rows=1)
+    return Outcome(run_service_pb2.SubmitPlanResponse(), effects)
+
+
+async def append_output(
+    conn: AsyncConnection,
+    request: run_service_pb2.AppendOutputRequest,
+    policy: RunPolicy,
+) -> Outcome:
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    if run.status == "cancelled":
+        return Outcome(
+            run_service_pb2.AppendOutputResponse(
+                cancel_requested=True, last_event_seq=run.event_seq
+            )
+        )
+    _check_attempt(run, request.attempt)
+    if request.batch <= run.output_batch:
+        return Outcome(
+            run_service_pb2.AppendOutputResponse(last_event_seq=run.event_seq)
+        )
+
+    events, content_ops, failed_calls = _translate_output(request.events)
+    now = utcnow()
+    await _apply_content(conn, run.assistant_message_id, content_ops, now)
+    if failed_calls:
+        await _insert_calls(conn, run.id, failed_calls)
+    stored = await append_events(conn, run.id, run.event_seq, events)
+    values: dict[str, Any] = {
+        "output_batch": request.batch,
+        "lease_expires_at": now + timedelta(seconds=policy.lease_s),
+        "has_output": _has_output(run.has_output, content_ops),
+        "updated_at": now,
+    }
+    await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
+    effects = AfterCommit()
+    effects.add_events(run.id, stored)
+    last_seq = stored[-1].seq if stored else run.event_seq
+    return Outcome(
+        run_service_pb2.AppendOutputResponse(last_event_seq=last_seq), effects
+    )
+
+
+async def renew_lease(
+    conn: AsyncConnection, request: run_service_pb2.RenewLeaseRequest, policy: RunPolicy
+) -> Outcome:
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    if run.status == "cancelled":
+        return Outcome(run_service_pb2.RenewLeaseResponse(cancel_requested=True))
+    _check_attempt(run, request.attempt)
+    now = utcnow()
+    expires = now + timedelta(seconds=policy.lease_s)
+    await conn.execute(
+        update(runs)
+        .where(runs.c.id == run.id)
+        .values(lease_expires_at=expires, updated_at=now)
+    )
+    return Outcome(
+        run_service_pb2.RenewLeaseResponse(lease_expires_at=to_timestamp(expires))
+    )
+
+
+async def complete(
+    conn: AsyncConnection,
+    request: run_service_pb2.CompleteRunRequest,
+    topology: Topology,
+) -> Outcome:
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    if run.status == "completed" and run.attempt == request.attempt:
+        return Outcome(run_service_pb2.CompleteRunResponse())  # a retried report
+    _check_attempt(run, request.attempt)
+    if run.stage != "executor":
+        raise StaleAttemptError("only the executor stage completes a run")
+    await _insert_calls(conn, run.id, request.model_calls)
+    effects = AfterCommit()
+    usage = request.usage if request.HasField("usage") else None
+    data: dict[str, Any] = {
+        "model_used": request.model_used,
+        "message_id": str(run.assistant_message_id)
+        if run.assistant_message_id
+        else None,
+    }
+    if usage is not None:
+        data["usage"] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+        }
+    await finish_run(
+        conn,
+        run,
+        "completed",
+        effects,
+        topology,
+        data,
+        model_used=request.model_used or None,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+    )
+    return Outcome(run_service_pb2.CompleteRunResponse(), effects)
+
+
+async def fail(
+    conn: AsyncConnection, request: run_service_pb2.FailRunRequest, topology: Topology
+) -> Outcome:
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    if run.status == "failed" and run.attempt == request.attempt:
+        return Outcome(run_service_pb2.FailRunResponse())
+    _check_attempt(run, request.attempt)
+    code = request.error.code or "failed"
+    message = sanitize(request.error.message)[:MAX_ERROR_MESSAGE_CHARS]
+    await _insert_calls(conn, run.id, request.model_calls)
+    effects = AfterCommit()
+    await finish_run(
+        conn,
+        run,
+        "failed",
+        effects,
+        topology,
+        {"error": {"code": code, "message": message}},
+        error_code=code[:64],
+        error_message=message,
+    )
+    return Outcome(run_service_pb2.FailRunResponse(), effects)
+
+
+async def release(
+    conn: AsyncConnection, request: run_service_pb2.ReleaseRunRequest
+) -> Outcome:
+    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    _check_attempt(run, request.attempt)
+    await conn.execute(
+        update(runs)
+        .where(runs.c.id == run.id)
+        .values(lease_expires_at=None, worker_id=None, updated_at=utcnow())
+    )
+    return Outcome(run_service_pb2.ReleaseRunResponse())
+
+
+def _run_id(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidArgumentError("run_id", "must be a UUID") from None
+
+
+def _exhausted_message(run: Any) -> str:
+    return f"the run was claimed {run.attempt} times without finishing"
+
+
+async def _create_assistant_message(conn: AsyncConnection, run: Any) -> UUID:
+    now = utcnow()
+    message_id = uuid.uuid4()
+    await conn.execute(
+        insert(messages).values(
+            id=message_id,
+            chat_id=run.chat_id,
+            seq=run.user_message_seq + 1,
+            role="assistant",
+            content="",
+            status="streaming",
+            run_id=run.id,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return message_id
+
+
+async def _history(
+    conn: AsyncConnection, run: Any
+) -> list[run_service_pb2.ContextMessage]:
+    """The chat's user messages and completed answers up to the run's message."""
+    rows = (
+        await conn.execute(
+            select(
+                messages.c.role, messages.c.content, messages.c.status, messages.c.id
+            )
+            .where(
+                messages.c.chat_id == run.chat_id,
+                messages.c.seq <= run.user_message_seq,
+            )
+            .order_by(messages.c.seq, messages.c.created_at)
+        )
+    ).all()
+    history = []
+    for row in rows:
+        if row.role == "assistant" and row.status != "completed":
+            continue
+        history.append(
+            run_service_pb2.ContextMessage(
+                role=MESSAGE_ROLE[row.role], content=row.content
+            )
+        )
+    return history
+
+
+def _translate_output(
+    events: Any,
+) -> tuple[
+    list[tuple[str, dict[str, Any]]], list[tuple[str, str]], list[types_pb2.ModelCall]
+]:
+    """Turn reported output into events (consecutive deltas coalesced), content
+    operations on the assistant message, and failed model calls."""
+    stored: list[tuple[str, dict[str, Any]]] = []
+    content_ops: list[tuple[str, str]] = []
+    failed_calls: list[types_pb2.ModelCall] = []
+    for event in events:
+        kind = event.WhichOneof("kind")
+        if kind == "delta":
+            text = sanitize(event.delta.text)
+            if not text:
+                continue
+            if stored and stored[-1][0] == "message.delta":
+                stored[-1][1]["delta"] += text
+                content_ops[-1] = ("append", content_ops[-1][1] + text)
+            else:
+                stored.append(("message.delta", {"delta": text}))
+                content_ops.append(("append", text))
+        elif kind == "reset":
+            stored.append(("message.reset", {"reason": event.reset.reason or "retry"}))
+            content_ops.append(("reset", ""))
+        elif kind == "attempt_failed":
+            call = event.attempt_failed
+            failed_calls.append(call)
+            stored.append(("attempt.failed", _call_data(call)))
+        elif kind == "model_fallback":
+            fallback = event.model_fallback
+            stored.append(
+                (
+                    "model.fallback",
+                    {
+                        "from_model": fallback.from_model,
+                        "to_model": fallback.to_model,
+                        "reason": sanitize(fallback.reason),
+                    },
+                )
+            )
+    return stored, content_ops, failed_calls
+
+
+def _has_output(had_output: bool, ops: list[tuple[str, str]]) -> bool:
+    """Whether the assistant message holds text after applying ``ops``."""
+    if any(kind == "reset" for kind, _ in ops):
+        return any(text for _, text in _after_last_reset(ops))
+    return had_output or any(text for _, text in ops)
+
+
+def _after_last_reset(ops: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    last = max(i for i, (kind, _) in enumerate(ops) if kind == "reset")
+    return ops[last + 1 :]
+
+
+async def _apply_content(
+    conn: AsyncConnection, message_id: UUID | None, ops: list[tuple[str, str]], now: Any
+) -> None:
+    if message_id is None or not ops:
+        return
+    # Fold the operations into at most one UPDATE: a reset discards what came before.
+    reset = any(kind == "reset" for kind, _ in ops)
+    tail = _after_last_reset(ops) if reset else ops
+    text = "".join(value for _, value in tail)
+    content = messages.c.content
+    new_content = text if reset else content + text
+    if not reset and not text:
+        return
+    await conn.execute(
+        update(messages)
+        .where(messages.c.id == message_id)
+        .values(content=new_content, updated_at=now)
+    )
+
+
+async def _insert_calls(conn: AsyncConnection, run_id: UUID, calls: Any) -> None:
+    rows = [
+        {
+            "run_id": run_id,
+            "attempt": call.attempt,
+            "number": call.number,
+            "model": call.model[:200],
+            "provider": call.provider[:64],
+            "started_at": from_timestamp(call.started_at)
+            if call.HasField("started_at")
+            else None,
+            "ended_at": from_timestamp(call.ended_at)
+            if call.HasField("ended_at")
+            else None,
+            "outcome": call.outcome[:16] or "failed",
+            "error_class": sanitize(call.error_class)[:100] or None,
+            "error_message": sanitize(call.error_message)[:MAX_ERROR_MESSAGE_CHARS]
+            or None,
+            "prompt_tokens": call.usage.prompt_tokens
+            if call.HasField("usage")
+            else None,
+            "completion_tokens": call.usage.completion_tokens
+            if call.HasField("usage")
+            else None,
+        }
+        for call in calls
+    ]
+    if rows:
+        await conn.execute(insert(model_calls), rows)
+
+
+def _call_data(call: types_pb2.ModelCall) -> dict[str, Any]:
+    return {
+        "attempt": call.attempt,
+        "number": call.number,
+        "model": call.model,
+        "provider": call.provider,
+        "error_class": sanitize(call.error_class),
+        "error_message": sanitize(call.error_message)[:MAX_ERROR_MESSAGE_CHARS],
+    }

@@ -1,0 +1,73 @@
+"""The database handle: engine, transactions and the mapping of outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chat_service.errors import DatabaseUnavailableError
+from chat_service.store.engine import create_engine, is_sqlite
+
+# Errors that mean "the database cannot be reached or answered", as opposed
+# to a bug or a constraint violation.
+_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Attach UTC to naive datetimes, which is how SQLite returns them."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def is_outage(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _OUTAGE_ERRORS)
+
+
+class Database:
+    """Owns the engine. Every write goes through :meth:`transaction`."""
+
+    def __init__(self, url: str, pool_size: int = 10, connect_timeout_s: float = 3.0):
+        self.url = url
+        self.is_sqlite = is_sqlite(url)
+        self.engine: AsyncEngine = create_engine(url, pool_size, connect_timeout_s)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """Open a transaction; outages surface as DatabaseUnavailableError."""
+        try:
+            async with self.engine.begin() as connection:
+                yield connection
+        except DatabaseUnavailableError:
+            raise
+        except Exception as error:
+            if is_outage(error):
+                raise DatabaseUnavailableError("database unavailable") from error
+            raise
+
+    async def ping(self) -> None:
+        async with self.transaction() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,76 @@
+"""Engine creation for PostgreSQL (asyncpg) and SQLite (aiosqlite).
+
+SQLite gets WAL mode, a busy timeout and ``BEGIN IMMEDIATE`` for every
+transaction: a deferred transaction that reads and then writes fails with
+"database is locked" without ever calling the busy handler, so write
+transactions must take the write lock when they start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(
+    url: str, pool_size: int = 10, connect_timeout_s: float = 3.0
+) -> AsyncEngine:
+    """Create an async engine configured for the URL's dialect."""
+    if is_sqlite(url):
+        return _create_sqlite_engine(url)
+    connect_args: dict[str, Any] = {
+        "timeout": connect_timeout_s,
+        "command_timeout": 30,
+        "server_settings": {"application_name": "bulkhead-chat-service"},
+    }
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size // 2,
+        pool_timeout=connect_timeout_s,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+
+
+def _create_sqlite_engine(url: str) -> AsyncEngine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # One connection: SQLite has one writer at a time anyway, and a pool of
+    # connections competing for the write lock is slower and fails under load.
+    engine = create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -1,0 +1,157 @@
+"""Read queries shared by the servicers, and keyset pagination cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chat_service.errors import InvalidArgumentError, NotFoundError
+from chat_service.store.database import as_utc
+from chat_service.store.tables import chats, messages, model_calls, runs
+
+ACTIVE_STATUSES = ("queued", "running")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+def parse_uuid(value: str, what: str) -> UUID:
+    """Parse an id; a malformed id cannot exist, so it is reported as not found."""
+    try:
+        return UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise NotFoundError(f"{what} not found") from None
+
+
+async def get_run_row(
+    conn: AsyncConnection, run_id: UUID, user_id: str | None = None, lock: bool = False
+) -> Any:
+    """Return the run row, or raise NotFoundError (also for another user's run)."""
+    query = select(runs).where(runs.c.id == run_id)
+    if user_id is not None:
+        query = query.where(runs.c.user_id == user_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFoundError("run not found")
+    return row
+
+
+async def load_run_details(
+    conn: AsyncConnection, run: Any
+) -> tuple[Any | None, Sequence[Any]]:
+    """Return the run's assistant message row and its model calls."""
+    assistant = None
+    if run.assistant_message_id is not None:
+        assistant = (
+            await conn.execute(
+                select(messages).where(messages.c.id == run.assistant_message_id)
+            )
+        ).first()
+    calls = (
+        await conn.execute(
+            select(model_calls)
+            .where(model_calls.c.run_id == run.id)
+            .order_by(model_calls.c.attempt, model_calls.c.number, model_calls.c.id)
+        )
+    ).all()
+    return assistant, calls
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    raw = orjson.dumps([str(v) if isinstance(v, UUID) else v for v in values])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
+    """Decode a cursor made by :func:`encode_cursor`; raise InvalidArgumentError."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(values, list) or len(values) != len(types):
+            raise ValueError("wrong length")
+        return [kind(value) for kind, value in zip(types, values, strict=True)]
+    except (
+        ValueError,
+        TypeError,
+        binascii.Error,
+        UnicodeEncodeError,
+        orjson.JSONDecodeError,
+    ):
+        raise InvalidArgumentError("cursor", "malformed pagination cursor") from None
+
+
+async def list_chats(
+    conn: AsyncConnection, user_id: str, limit: int, cursor: str
+) -> tuple[Sequence[Any], str]:
+    """Return a page of the user's chats, newest first, and the next cursor."""
+    query = select(chats).where(chats.c.user_id == user_id)
+    if cursor:
+        created_us, chat_id = decode_cursor(cursor, (int, UUID))
+        created_at = _from_micros(created_us)
+        query = query.where(
+            or_(
+                chats.c.created_at < created_at,
+                and_(chats.c.created_at == created_at, chats.c.id < chat_id),
+            )
+        )
+    rows = (
+        await conn.execute(
+            query.order_by(chats.c.created_at.desc(), chats.c.id.desc()).limit(
+                limit + 1
+            )
+        )
+    ).all()
+    next_cursor = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor([_to_micros(last.created_at), last.id])
+    return rows, next_cursor
+
+
+async def list_messages(
+    conn: AsyncConnection, user_id: str, chat_id: UUID, limit: int, cursor: str
+) -> tuple[Sequence[Any], str]:
+    """Return a page of a chat's messages in conversation order."""
+    owner = (
+        await conn.execute(
+            select(chats.c.id).where(chats.c.id == chat_id, chats.c.user_id == user_id)
+        )
+    ).first()
+    if owner is None:
+        raise NotFoundError("chat not found")
+    query = select(messages).where(messages.c.chat_id == chat_id)
+    if cursor:
+        seq, message_id = decode_cursor(cursor, (int, UUID))
+        query = query.where(
+            tuple_(messages.c.seq, messages.c.id) > tuple_(seq, message_id)
+        )
+    rows = (
+        await conn.execute(
+            query.order_by(messages.c.seq, messages.c.id).limit(limit + 1)
+        )
+    ).all()
+    next_cursor = ""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor([rows[-1].seq, rows[-1].id])
+    return rows, next_cursor
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_micros(value: datetime) -> int:
+    return (as_utc(value) - _EPOCH) // timedelta(microseconds=1)  # type: ignore[operator]
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
