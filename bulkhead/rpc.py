@@ -27,6 +27,8 @@ USER_ID_METADATA = "x-bulkhead-user-id"
 REQUEST_ID_METADATA = "x-request-id"
 ERROR_DOMAIN = "bulkhead"
 
+HealthServicer = health.aio.HealthServicer
+
 _MESSAGE_SIZE_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -180,15 +182,17 @@ async def mark_serving(
     health_servicer: health.aio.HealthServicer,
     service_names: Iterable[str],
     serving: bool = True,
+    name: str = "",
 ) -> None:
-    """Set the health status of the overall server ("") and of each service."""
+    """Set the health status of ``name`` ("" is the whole server) and of each
+    of ``service_names``."""
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for name in ["", *service_names]:
-        await health_servicer.set(name, status)
+    for entry in [name, *service_names]:
+        await health_servicer.set(entry, status)
 
 
 def create_channel(address: str) -> grpc.aio.Channel:
@@ -203,6 +207,11 @@ def create_channel(address: str) -> grpc.aio.Channel:
         ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # gRPC's default reconnect back-off grows to 120 s, which would keep
+        # callers failing long after a restarted chat_service is back.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     return grpc.aio.insecure_channel(address, options=options)
 

@@ -49,5 +49,5 @@ class ServiceContext:
         notice = executor_pb2.CancelNotice(run_id=run_id).SerializeToString()
         try:
             await self.nats.publish(self.topology.subjects.cancel(run_id), notice)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a lost notice is tolerated
             logger.warning("cancel notice not sent", run_id=run_id, error=str(error))

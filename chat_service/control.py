@@ -97,3 +97,24 @@ async def retry_run(
     effects = AfterCommit()
     await dispatch_next(conn, old.chat_id, effects, topology)
     return await get_run_row(conn, new_id), effects
+
+
+async def fail_abandoned_run(
+    conn: AsyncConnection, run_id: Any, code: str, message: str, topology: Topology
+) -> AfterCommit:
+    """Fail an active run that no worker can finish; a no-op if it already ended."""
+    effects = AfterCommit()
+    run = await get_run_row(conn, run_id, lock=True)
+    if run.status not in ("queued", "running"):
+        return effects
+    await finish_run(
+        conn,
+        run,
+        "failed",
+        effects,
+        topology,
+        {"error": {"code": code, "message": message}},
+        error_code=code,
+        error_message=message,
+    )
+    return effects

@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from google.protobuf.message import DecodeError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -184,7 +185,7 @@ class EventHub:
             await self._publisher(
                 self._subject_for(str(run_id)), payload.SerializeToString()
             )
-        except Exception as error:  # a lost notice only delays watchers
+        except Exception as error:  # noqa: BLE001 - a lost notice only delays watchers
             logger.debug("event broadcast failed", run_id=str(run_id), error=str(error))
 
     def on_broadcast(self, payload: bytes) -> None:
@@ -193,7 +194,7 @@ class EventHub:
         try:
             batch.ParseFromString(payload)
             run_id = UUID(batch.run_id)
-        except Exception as error:
+        except (ValueError, TypeError, DecodeError) as error:
             logger.warning("malformed event broadcast dropped", error=str(error))
             return
         self.deliver_local(run_id, batch.events)

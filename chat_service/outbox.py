@@ -97,7 +97,7 @@ class OutboxRelay:
         while True:
             try:
                 sent = await self._relay_batch()
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - retried with back-off
                 self._failures += 1
                 if self._failures == 1 or self._failures % 30 == 0:
                     logger.warning(

@@ -24,7 +24,8 @@ from bulkhead.proto.chat.v1 import (
     chat_service_pb2_grpc,
     run_service_pb2_grpc,
 )
-from bulkhead.rpc import create_server, mark_serving
+from bulkhead.rpc import HealthServicer, create_server, mark_serving
+from chat_service import dead_letters
 from chat_service.config import ChatServiceSettings
 from chat_service.context import ServiceContext
 from chat_service.events import EventHub
@@ -44,6 +45,9 @@ SERVICE_NAMES = [
     "chat.v1.RunService",
     "chat.v1.AuthService",
 ]
+# Health entry that reports whether this replica can reach NATS. The overall
+# status ("") stays SERVING without NATS, because messages are still accepted.
+NATS_HEALTH_NAME = "bulkhead.nats"
 SHUTDOWN_GRACE_S = 10.0
 MAX_CONTENT_CHARS = 32_000
 
@@ -77,7 +81,7 @@ async def _keep_nats(ctx: ServiceContext) -> None:
         try:
             nc = await connect_nats(ctx.settings, name="chat_service")
             break
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - retried until it works
             logger.warning(
                 "nats connect failed, retrying",
                 error=str(error) or type(error).__name__,
@@ -91,7 +95,7 @@ async def _keep_nats(ctx: ServiceContext) -> None:
         try:
             await ensure_stream(js, ctx.topology)
             break
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - retried until it works
             logger.warning("jetstream stream set-up failed, retrying", error=str(error))
             await asyncio.sleep(1.0)
 
@@ -99,6 +103,7 @@ async def _keep_nats(ctx: ServiceContext) -> None:
         ctx.hub.on_broadcast(msg.data)
 
     await nc.subscribe(ctx.topology.subjects.run_events_wildcard, cb=on_broadcast)
+    await dead_letters.listen(ctx, nc)
 
     async def publish(subject: str, payload: bytes) -> None:
         await nc.publish(subject, payload)
@@ -106,6 +111,16 @@ async def _keep_nats(ctx: ServiceContext) -> None:
     ctx.hub.set_publisher(publish)
     ctx.relay.attach(js)
     logger.info("nats connected", url=ctx.settings.nats_url, stream=ctx.topology.stream)
+
+
+async def _report_nats_health(ctx: ServiceContext, health: HealthServicer) -> None:
+    serving: bool | None = None
+    while True:
+        connected = ctx.nats is not None and ctx.nats.is_connected
+        if connected != serving:
+            await mark_serving(health, [], serving=connected, name=NATS_HEALTH_NAME)
+            serving = connected
+        await asyncio.sleep(1.0)
 
 
 async def serve(settings: ChatServiceSettings) -> None:
@@ -131,6 +146,7 @@ async def serve(settings: ChatServiceSettings) -> None:
         asyncio.create_task(_keep_nats(ctx), name="nats"),
         asyncio.create_task(ctx.relay.run(), name="relay"),
         asyncio.create_task(sweeper.run(), name="sweeper"),
+        asyncio.create_task(_report_nats_health(ctx, health), name="nats-health"),
     ]
     await mark_serving(health, SERVICE_NAMES)
     logger.info(

@@ -66,7 +66,7 @@ class Sweeper:
                 await asyncio.sleep(self._interval_s)
                 try:
                     await self.sweep_once()
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 - the next round retries
                     logger.warning(
                         "sweep failed", error=str(error) or type(error).__name__
                     )

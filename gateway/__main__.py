@@ -1,0 +1,39 @@
+"""Run the gateway: ``python -m gateway``.
+
+One uvicorn worker process on uvloop; uvicorn stops accepting connections on
+SIGTERM and gives open requests BULKHEAD_GATEWAY_SHUTDOWN_TIMEOUT_S seconds.
+Scale by running more processes behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import uvicorn
+
+from bulkhead.log import configure_logging
+from gateway.app import create_app
+from gateway.config import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    # httptools parses HTTP faster than h11 but is an optional extra of uvicorn.
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        loop="uvloop",
+        http=http,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=settings.gateway_shutdown_timeout_s,
+    )
+
+
+if __name__ == "__main__":
+    main()

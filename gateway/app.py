@@ -1,0 +1,159 @@
+"""The gateway's FastAPI application: :func:`create_app` and its lifespan.
+
+Run it with ``python -m gateway``, or ``uvicorn --factory gateway.app:create_app``
+(which leaves logging unconfigured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from grpc_health.v1 import health_pb2_grpc
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
+from bulkhead.log import get_logger
+from bulkhead.proto.chat.v1 import auth_service_pb2_grpc, chat_service_pb2_grpc
+from bulkhead.rpc import create_channel
+from gateway.auth import ApiKeyAuthenticator, authenticate, bearer_scheme
+from gateway.config import GatewaySettings
+from gateway.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from gateway.problems import (
+    PROBLEM_MEDIA_TYPE,
+    ProblemError,
+    handle_http_exception,
+    handle_problem_error,
+    handle_rpc_error,
+    handle_validation_error,
+)
+from gateway.routes import chat, chats, health, runs
+
+# Time given to calls still in flight when the channel closes at shutdown.
+_CHANNEL_CLOSE_GRACE_S = 1.0
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "Prefer",
+    REQUEST_ID_HEADER,
+]
+_CORS_EXPOSED_HEADERS = [
+    "Idempotent-Replayed",
+    "Location",
+    "Preference-Applied",
+    "Retry-After",
+    REQUEST_ID_HEADER,
+]
+
+logger = get_logger(__name__)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """Build the gateway application; the gRPC channel opens in its lifespan."""
+    settings = settings or GatewaySettings()
+    app = FastAPI(
+        title="Bulkhead API",
+        version=version("bulkhead"),
+        description="REST and Server-Sent Events API of Bulkhead, a backend for AI "
+        "chat applications. Errors are application/problem+json (RFC 9457).",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+
+    for router in (chat.router, runs.router, chats.router, health.router):
+        app.include_router(router)
+    _add_exception_handlers(app)
+    _add_middleware(app, settings)
+    app.openapi = lambda: _openapi_with_problem_media_type(app)  # type: ignore[method-assign]
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # aio channels belong to the event loop that creates them, so the channel
+    # is opened here, in the server's loop, and not in create_app.
+    settings: GatewaySettings = app.state.settings
+    channel = create_channel(settings.chat_service_addr)
+    app.state.chat_stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+    app.state.health_stub = health_pb2_grpc.HealthStub(channel)
+    app.state.authenticator = ApiKeyAuthenticator(
+        auth_service_pb2_grpc.AuthServiceStub(channel),
+        ttl_s=settings.gateway_auth_cache_ttl_s,
+        max_entries=settings.gateway_auth_cache_max_entries,
+        timeout_s=settings.gateway_grpc_timeout_s,
+    )
+    logger.info("gateway started", chat_service_addr=settings.chat_service_addr)
+    try:
+        yield
+    finally:
+        await channel.close(grace=_CHANNEL_CLOSE_GRACE_S)
+        logger.info("gateway stopped")
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, handle_problem_error)
+    app.add_exception_handler(grpc.RpcError, handle_rpc_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(HTTPException, handle_http_exception)
+
+
+async def _handle_validation_error(request: Request, error: Exception) -> Response:
+    # FastAPI rejects a malformed JSON body before it runs any dependency, so
+    # the API key is checked here first: a caller without a valid key gets
+    # 401, whatever the body.
+    if request.url.path.startswith("/api/") and not hasattr(request.state, "user_id"):
+        try:
+            await authenticate(request, await bearer_scheme(request))
+        except ProblemError as problem:
+            return await handle_problem_error(request, problem)
+        except grpc.RpcError as rpc_error:
+            return await handle_rpc_error(request, rpc_error)
+    return await handle_validation_error(request, error)
+
+
+def _add_middleware(app: FastAPI, settings: GatewaySettings) -> None:
+    # add_middleware puts each one outside the ones added before it, so the
+    # request passes RequestContextMiddleware first and the body limit last.
+    app.add_middleware(
+        RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes
+    )
+    if settings.gateway_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.gateway_cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=_CORS_REQUEST_HEADERS,
+            expose_headers=_CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+
+
+def _openapi_with_problem_media_type(app: FastAPI) -> dict[str, Any]:
+    """Build the OpenAPI document with every error body as application/problem+json.
+
+    FastAPI lists ``responses=`` models under the route's own media type,
+    application/json, and adds its own 422 body to routes with parameters.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status.isdigit() and int(status) >= 400:
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}
+    # FastAPI's own 422 body, replaced above by the problem body on every route.
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    app.openapi_schema = schema
+    return schema

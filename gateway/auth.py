@@ -1,0 +1,163 @@
+"""API key authentication: ``Authorization: Bearer <api key>`` on every ``/api`` route.
+
+Keys are resolved by chat_service (``AuthService.AuthenticateApiKey``). Each
+gateway process caches successful lookups for
+``BULKHEAD_GATEWAY_AUTH_CACHE_TTL_S`` seconds (30 by default), keyed by the
+SHA-256 digest of the key, so that the cache contains no key in the clear.
+A revoked key therefore keeps working for at most that TTL on a gateway that
+has it cached. Failed lookups are not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated
+
+import grpc
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bulkhead.log import bind_context
+from bulkhead.proto.chat.v1 import auth_service_pb2, auth_service_pb2_grpc
+from bulkhead.rpc import REQUEST_ID_METADATA, USER_ID_METADATA
+from gateway.problems import unauthenticated_problem
+
+# Keys longer than this, or with characters outside printable ASCII, cannot
+# have been issued, so they are rejected without a call to chat_service.
+_API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,512}")
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key, as printed by `python -m chat_service.admin create-api-key`.",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated user of a request, and the ids passed on to chat_service."""
+
+    user_id: str
+    request_id: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (
+            (USER_ID_METADATA, self.user_id),
+            (REQUEST_ID_METADATA, self.request_id),
+        )
+
+
+class ApiKeyAuthenticator:
+    """Resolves API keys to user ids through chat_service, with a bounded TTL cache.
+
+    Concurrent lookups of the same uncached key share one gRPC call.
+    """
+
+    def __init__(
+        self,
+        stub: auth_service_pb2_grpc.AuthServiceStub,
+        ttl_s: float,
+        max_entries: int,
+        timeout_s: float,
+    ) -> None:
+        self._stub = stub
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._timeout_s = timeout_s
+        self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[str]] = {}
+
+    async def authenticate(self, api_key: str, request_id: str) -> str:
+        """Return the user id of a key.
+
+        Raises ProblemError (401) for an unknown or revoked key, and
+        grpc.RpcError when chat_service cannot be reached.
+        """
+        digest = hashlib.sha256(api_key.encode()).digest()
+        cached = self._lookup(digest)
+        if cached is not None:
+            return cached
+
+        lookup = self._pending.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._resolve(api_key, digest, request_id))
+            self._pending[digest] = lookup
+            lookup.add_done_callback(lambda done: self._finish_lookup(digest, done))
+        # Shielded so that one caller's disconnect does not cancel the lookup
+        # that other requests with the same key are waiting for.
+        return await asyncio.shield(lookup)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _lookup(self, digest: bytes) -> str | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        user_id, expires_at = entry
+        if time.monotonic() >= expires_at:
+            del self._entries[digest]
+            return None
+        self._entries.move_to_end(digest)
+        return user_id
+
+    async def _resolve(self, api_key: str, digest: bytes, request_id: str) -> str:
+        request = auth_service_pb2.AuthenticateApiKeyRequest(api_key=api_key)
+        try:
+            response = await self._stub.AuthenticateApiKey(
+                request,
+                timeout=self._timeout_s,
+                metadata=((REQUEST_ID_METADATA, request_id),),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise unauthenticated_problem(
+                    "The API key is invalid or revoked."
+                ) from None
+            raise
+        self._store(digest, response.user_id)
+        return response.user_id
+
+    def _store(self, digest: bytes, user_id: str) -> None:
+        if self._ttl_s <= 0:
+            return
+        self._entries[digest] = (user_id, time.monotonic() + self._ttl_s)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def _finish_lookup(self, digest: bytes, lookup: asyncio.Future[str]) -> None:
+        self._pending.pop(digest, None)
+        # Mark the error as retrieved: when every waiting request has gone
+        # away, asyncio would otherwise log "exception was never retrieved".
+        if not lookup.cancelled():
+            lookup.exception()
+
+
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Caller:
+    """Resolve the request's bearer API key, or raise a 401 problem."""
+    if credentials is None:
+        raise unauthenticated_problem(
+            "Missing credentials: send the header Authorization: Bearer <api key>."
+        )
+    api_key = credentials.credentials
+    if not _API_KEY_PATTERN.fullmatch(api_key):
+        raise unauthenticated_problem("The API key is invalid or revoked.")
+
+    authenticator: ApiKeyAuthenticator = request.app.state.authenticator
+    request_id: str = request.state.request_id
+    user_id = await authenticator.authenticate(api_key, request_id)
+    request.state.user_id = user_id
+    bind_context(user_id=user_id)
+    return Caller(user_id=user_id, request_id=request_id)
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -1,0 +1,137 @@
+"""The outermost gateway middleware: request ids, security headers, body size,
+the per-request log line, and the 500 problem for unhandled exceptions.
+
+It is a plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so
+that streamed responses pass through unbuffered and the log context bound
+here is the one the route handlers run in.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bulkhead.log import bind_context, clear_context, get_logger
+from gateway.problems import BODY_TOO_LARGE, INTERNAL, problem_response
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Client request ids are logged and passed to chat_service, so only short ids
+# made of URL-safe characters are taken; anything else is replaced.
+_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+_JSON_MEDIA_TYPES = (b"application/json", b"application/problem+json")
+_MAX_LOGGED_PATH_CHARS = 200
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class _Exchange:
+    """Request id, status and start time of one request."""
+
+    request_id: str
+    started_at: float
+    status: int = 0
+    response_started: bool = False
+
+
+class RequestContextMiddleware:
+    """Wrap every HTTP request of the gateway; see the module docstring."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        exchange = _Exchange(_request_id(scope), time.perf_counter())
+        scope.setdefault("state", {})["request_id"] = exchange.request_id
+        clear_context()
+        bind_context(request_id=exchange.request_id)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                exchange.response_started = True
+                message = _with_headers(message, exchange.request_id)
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_with_headers, exchange)
+        finally:
+            _log_request(scope, exchange)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+    ) -> None:
+        # A declared length over the limit is rejected before any byte of the
+        # body is read; chunked bodies are counted by RequestBodyLimitMiddleware.
+        if _content_length(scope) > self.max_body_bytes:
+            detail = f"The request body is larger than {self.max_body_bytes} bytes."
+            response = problem_response(BODY_TOO_LARGE, detail, exchange.request_id)
+            await response(scope, receive, send)
+            return
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            logger.exception("unhandled error", method=scope["method"])
+            if exchange.response_started:
+                raise
+            response = problem_response(
+                INTERNAL,
+                "The server failed to handle the request.",
+                exchange.request_id,
+            )
+            await response(scope, receive, send)
+
+
+def _request_id(scope: Scope) -> str:
+    value = Headers(scope=scope).get(REQUEST_ID_HEADER)
+    if value is not None and _REQUEST_ID_PATTERN.fullmatch(value):
+        return value
+    return str(uuid.uuid4())
+
+
+def _content_length(scope: Scope) -> int:
+    value = Headers(scope=scope).get("content-length")
+    if value is None or not value.isdigit():
+        return 0
+    return int(value)
+
+
+def _with_headers(message: Message, request_id: str) -> Message:
+    headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
+    names = {name.lower() for name, _ in headers}
+    headers.append((b"x-request-id", request_id.encode("latin-1")))
+    headers.extend(header for header in _SECURITY_HEADERS if header[0] not in names)
+
+    content_type = Headers(raw=headers).get("content-type", "").encode("latin-1")
+    if b"cache-control" not in names and content_type.startswith(_JSON_MEDIA_TYPES):
+        headers.append((b"cache-control", b"no-store"))
+    return {**message, "headers": headers}
+
+
+def _log_request(scope: Scope, exchange: _Exchange) -> None:
+    route = scope.get("route")
+    path = getattr(route, "path", None) or scope["path"][:_MAX_LOGGED_PATH_CHARS]
+    state = scope.get("state", {})
+    logger.info(
+        "request",
+        method=scope["method"],
+        path=path,
+        status=exchange.status,
+        duration_ms=round((time.perf_counter() - exchange.started_at) * 1000, 1),
+        user_id=state.get("user_id"),
+    )

@@ -1,0 +1,138 @@
+"""Run routes: read, cancel, retry, and the SSE event stream."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import StreamingResponse
+
+from bulkhead.proto.chat.v1 import chat_service_pb2
+from gateway.auth import CallerDep
+from gateway.deps import ChatStubDep, SettingsDep, resource_id
+from gateway.problems import problem_responses
+from gateway.schemas import TERMINAL_RUN_STATUSES, Run, run_from_proto
+from gateway.sse import SSE_HEADERS, StreamLimits, parse_last_event_id, relay_run_events
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+
+RunIdPath = Annotated[str, Path(description="Run id (UUID).")]
+
+_EVENT_STREAM_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": (
+            "Server-Sent Events: `id: <seq>`, `event: <type>`, `data: <JSON object>`, "
+            "and `: ping` comments. Ends after run.completed, run.failed or "
+            "run.cancelled; reconnect with Last-Event-ID if it ends earlier."
+        ),
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    204: {"description": "The run has finished and no event follows Last-Event-ID."},
+    **problem_responses(401, 404, 422, 503),
+}
+
+
+@router.get(
+    "/{run_id}",
+    response_model=Run,
+    response_description="The run.",
+    responses=problem_responses(401, 404, 503),
+)
+async def get_run(
+    run_id: RunIdPath, caller: CallerDep, stub: ChatStubDep, settings: SettingsDep
+) -> Run:
+    """Return a run: status, assistant message so far, attempts and token usage."""
+    response = await stub.GetRun(
+        chat_service_pb2.GetRunRequest(run_id=resource_id(run_id, "run")),
+        metadata=caller.metadata,
+        timeout=settings.gateway_grpc_timeout_s,
+    )
+    return run_from_proto(response.run)
+
+
+@router.post(
+    "/{run_id}/cancel",
+    status_code=202,
+    response_model=Run,
+    response_description="The run, cancelled.",
+    responses=problem_responses(401, 404, 409, 503),
+)
+async def cancel_run(
+    run_id: RunIdPath, caller: CallerDep, stub: ChatStubDep, settings: SettingsDep
+) -> Run:
+    """Cancel a run and keep its partial assistant message."""
+    response = await stub.CancelRun(
+        chat_service_pb2.CancelRunRequest(run_id=resource_id(run_id, "run")),
+        metadata=caller.metadata,
+        timeout=settings.gateway_grpc_timeout_s,
+    )
+    return run_from_proto(response.run)
+
+
+@router.post(
+    "/{run_id}/retry",
+    status_code=202,
+    response_model=Run,
+    response_description="The new run, queued.",
+    responses=problem_responses(401, 404, 409, 503),
+)
+async def retry_run(
+    run_id: RunIdPath,
+    response: Response,
+    caller: CallerDep,
+    stub: ChatStubDep,
+    settings: SettingsDep,
+) -> Run:
+    """Start a new run for the user message of a failed or cancelled run."""
+    retried = await stub.RetryRun(
+        chat_service_pb2.RetryRunRequest(run_id=resource_id(run_id, "run")),
+        metadata=caller.metadata,
+        timeout=settings.gateway_grpc_timeout_s,
+    )
+    run = run_from_proto(retried.run)
+    response.headers["Location"] = f"/api/runs/{run.id}"
+    return run
+
+
+@router.get(
+    "/{run_id}/events", response_class=Response, responses=_EVENT_STREAM_RESPONSES
+)
+async def stream_run_events(
+    run_id: RunIdPath,
+    caller: CallerDep,
+    stub: ChatStubDep,
+    settings: SettingsDep,
+    last_event_id_header: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume after this event id."),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Query(description="Resume after this event id, for clients without headers."),
+    ] = None,
+) -> Response:
+    """Stream a run's events over SSE, resuming after Last-Event-ID."""
+    run_uuid = resource_id(run_id, "run")
+    after_seq = parse_last_event_id(last_event_id_header, last_event_id)
+
+    # The unary call turns an unknown run, or another user's, into a 404
+    # before any byte of the stream is sent.
+    current = await stub.GetRun(
+        chat_service_pb2.GetRunRequest(run_id=run_uuid),
+        metadata=caller.metadata,
+        timeout=settings.gateway_grpc_timeout_s,
+    )
+    run = run_from_proto(current.run)
+    if run.status in TERMINAL_RUN_STATUSES and after_seq >= run.last_event_id:
+        # A browser's EventSource reconnects after a 200 that ends, forever,
+        # but stops on any other status, so a finished stream returns 204.
+        return Response(status_code=204)
+
+    limits = StreamLimits(
+        heartbeat_s=settings.sse_heartbeat_s,
+        max_duration_s=settings.sse_max_duration_s,
+        retry_ms=settings.sse_retry_ms,
+    )
+    watch = chat_service_pb2.WatchRunRequest(run_id=run_uuid, after_seq=after_seq)
+    body = relay_run_events(stub, watch, caller.metadata, limits)
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
