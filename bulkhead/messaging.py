@@ -157,16 +157,34 @@ async def ensure_consumer(
 
 
 async def connect_nats(settings: CommonSettings, name: str) -> Client:
-    """Connect to NATS, reconnecting forever and logging connection changes."""
+    """Connect to NATS, reconnecting forever and logging connection changes.
+
+    With ``max_reconnect_attempts=-1``, nats-py 2.16 also retries the first
+    connection inside this call, so it returns only once a server answered.
+    Repeated connection errors are logged once, then every 60th time.
+    """
+    errors = 0
+    client: Client | None = None
 
     async def on_error(error: Exception) -> None:
-        logger.warning("nats connection error", error=str(error) or type(error).__name__)
+        nonlocal errors
+        errors += 1
+        if errors == 1 or errors % 60 == 0:
+            logger.warning(
+                "nats connection error",
+                error=str(error) or type(error).__name__,
+                errors=errors,
+            )
 
     async def on_disconnected() -> None:
+        if client is not None and (client.is_closed or client.is_draining):
+            return
         logger.warning("nats disconnected")
 
     async def on_reconnected() -> None:
-        logger.info("nats reconnected")
+        nonlocal errors
+        logger.info("nats reconnected", errors_while_down=errors)
+        errors = 0
 
     options: dict[str, object] = {
         "name": name,
@@ -183,7 +201,8 @@ async def connect_nats(settings: CommonSettings, name: str) -> Client:
         options["password"] = settings.nats_password or ""
     if settings.nats_token:
         options["token"] = settings.nats_token
-    return await nats.connect(settings.nats_url, **options)  # type: ignore[arg-type]
+    client = await nats.connect(settings.nats_url, **options)  # type: ignore[arg-type]
+    return client
 
 
 __all__ = [

@@ -4,7 +4,7 @@ What the loop guarantees for every message it fetches:
 
 - It is held alive with ``in_progress()`` every ``heartbeat_s`` seconds while
   the handler runs, so slow work is not redelivered.
-- It is settled exactly as the handler's :class:`Outcome` says. When the
+- It is settled as the handler's :class:`Outcome` specifies. When the
   handler raises, the message is nak'ed with an exponential delay; on the
   last delivery the handler's ``give_up`` records the failure on the run and
   the message is terminated. If even that fails, the message is nak'ed and
@@ -29,6 +29,7 @@ from typing import Protocol
 
 import grpc
 import nats.errors
+from grpc_health.v1 import health
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -48,8 +49,9 @@ from bulkhead.worker.backoff import full_jitter_delay
 
 logger = get_logger(__name__)
 
-# Delays for nak after a failed attempt: 1 s, 2 s, 4 s ... up to 30 s, which
-# with 5 deliveries spans about a minute of chat_service or agent trouble.
+# The nak delay after failed delivery d is NAK_BASE_S plus a random share of
+# min(NAK_MAX_S, NAK_BASE_S * 2 ** (d - 1)). With 5 deliveries the four delays
+# add up to 4 to 19 s, which rides out a chat_service restart.
 NAK_BASE_S = 1.0
 NAK_MAX_S = 30.0
 CONNECT_BASE_S = 0.5
@@ -65,7 +67,7 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the loop settles a message after the handler returns."""
+    """Settlement of a message after the handler returns: ack, nak or term."""
 
     action: Action
     delay_s: float | None = None
@@ -117,7 +119,7 @@ class TaskHandler(Protocol):
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """What one worker process pulls and how it behaves.
+    """Configuration of one worker process: its consumer, limits and timings.
 
     Attributes:
         service: Service name, used as NATS connection name and in logs.
@@ -153,15 +155,31 @@ def make_worker_id(service: str) -> str:
 async def connect_with_retry(
     settings: CommonSettings, name: str, stop: asyncio.Event | None = None
 ) -> Client | None:
-    """Connect to NATS, retrying with back-off until it works or ``stop`` is set.
+    """Connect to NATS, retrying until it works or ``stop`` is set.
 
-    nats-py raises on a failed first connection instead of retrying, so the
-    retry loop lives here. Returns None only when ``stop`` was set first.
+    With ``max_reconnect_attempts=-1`` (set by ``connect_nats``) nats-py 2.16
+    retries a failed first connection inside ``connect()`` every
+    ``reconnect_time_wait`` and reports each failure to the error callback,
+    so the call is raced against ``stop`` here. The loop around it covers
+    failures that nats-py does raise. Returns None only when ``stop`` was set
+    first.
     """
     failures = 0
     while stop is None or not stop.is_set():
+        connecting = asyncio.create_task(connect_nats(settings, name))
+        if stop is not None:
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                {connecting, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopping.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
+                return None
         try:
-            return await connect_nats(settings, name)
+            return await connecting
         except (OSError, TimeoutError, nats.errors.Error) as error:
             failures += 1
             delay = CONNECT_BASE_S + full_jitter_delay(
@@ -169,7 +187,6 @@ async def connect_with_retry(
             )
             logger.warning(
                 "nats connection failed, retrying",
-                url=settings.nats_url,
                 failures=failures,
                 retry_in_s=round(delay, 2),
                 error=str(error) or type(error).__name__,
@@ -206,6 +223,7 @@ class TaskWorker:
         self._health: grpc.aio.Server | None = None
         self.nc: Client | None = None
         self.ready = asyncio.Event()
+        self.health_port = 0
 
     def stop(self) -> None:
         """Ask the loop to stop fetching and shut down (safe from signal handlers)."""
@@ -253,20 +271,21 @@ class TaskWorker:
                 await self._health.stop(grace=1.0)
             logger.info("worker stopped")
 
-    async def _start_health_server(self) -> object | None:
+    async def _start_health_server(self) -> health.aio.HealthServicer | None:
         if not self._options.health_listen:
             return None
-        server, health = create_server([])
+        server, servicer = create_server([])
         port = server.add_insecure_port(self._options.health_listen)
         if port == 0:
             raise RuntimeError(
                 f"cannot listen on {self._options.health_listen} for the health server"
             )
-        await mark_serving(health, [], serving=False)
+        await mark_serving(servicer, [], serving=False)
         await server.start()
         self._health = server
+        self.health_port = port
         logger.info("health server listening", address=self._options.health_listen)
-        return health
+        return servicer
 
     async def _subscribe(self, nc: Client) -> JetStreamContext.PullSubscription | None:
         """Create the consumer and bind to it, retrying while JetStream fails."""
@@ -503,6 +522,8 @@ async def _close_nats(nc: Client) -> None:
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
     text = str(error)
     name = type(error).__name__
     return f"{name}: {text}" if text else name

@@ -225,7 +225,7 @@ async def fail_exhausted_run(
 
     Also returns True when there is nothing to fail because the run already
     ended. Returns False when chat_service could not be reached or another
-    attempt still holds the run.
+    attempt still owns the run.
     """
     attempt = task.attempt
     if attempt is None:

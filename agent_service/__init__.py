@@ -1,0 +1,1 @@
+"""The agent: decides the plan of each run (model chain and context window)."""

@@ -1,0 +1,3 @@
+from agent_service.main import main
+
+main()

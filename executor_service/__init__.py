@@ -1,0 +1,1 @@
+"""The executor: calls models for planned runs and streams their output."""

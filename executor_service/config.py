@@ -1,0 +1,55 @@
+"""Settings of executor_service, read from ``BULKHEAD_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bulkhead.settings import CommonSettings
+
+
+class ExecutorSettings(CommonSettings):
+    """Executor settings; field names are unique across services."""
+
+    models_file: str | None = Field(
+        default=None,
+        description="Path of the models TOML file (default: config/models.toml).",
+    )
+    executor_health_listen: str = Field(
+        default="127.0.0.1:50071",
+        description="host:port of the health and reflection gRPC server.",
+    )
+    executor_concurrency: int = Field(
+        default=32, ge=1, description="Maximum number of runs executed at once."
+    )
+    executor_shutdown_grace_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds running tasks get to finish on SIGTERM before release.",
+    )
+    executor_lease_renew_s: float = Field(
+        default=10.0, gt=0, description="Seconds between lease renewals of a run."
+    )
+    executor_flush_interval_s: float = Field(
+        default=0.05, gt=0, description="Seconds between batches of streamed output."
+    )
+    executor_flush_max_chars: int = Field(
+        default=2048,
+        gt=0,
+        description="Characters of pending output that trigger a batch at once.",
+    )
+    executor_retry_base_s: float = Field(
+        default=0.5, gt=0, description="Ceiling of the first retry delay, in seconds."
+    )
+    executor_retry_max_s: float = Field(
+        default=8.0, gt=0, description="Largest ceiling of a retry delay, in seconds."
+    )
+    executor_retry_after_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Largest Retry-After delay honoured, in seconds; longer is cut.",
+    )
+    executor_rpc_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Deadline of each call to chat_service, in seconds.",
+    )

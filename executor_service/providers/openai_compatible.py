@@ -1,0 +1,275 @@
+"""OpenAI-compatible chat completions servers, through the official openai SDK.
+
+The SDK's own retries are off (``max_retries=0``): the fallback chain owns
+retries, so that every call is recorded and Retry-After is honoured once.
+The SDK's timeout covers connect and each read; the first-token, idle and
+whole-call limits of a :class:`ModelSpec` are enforced here around each chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import openai
+
+from bulkhead.log import get_logger
+from bulkhead.models import ModelSpec
+from executor_service.providers.base import (
+    ChatMessage,
+    ErrorKind,
+    ProviderError,
+    StreamChunk,
+    TokenUsage,
+)
+
+logger = get_logger(__name__)
+
+MISSING_API_KEY = "not-set"
+MAX_ERROR_MESSAGE_CHARS = 200
+# HTTP statuses worth another try: request timeout, conflict, rate limit and
+# every server error.
+_RETRYABLE_STATUSES = {408, 409, 429}
+_KEY_LIKE = re.compile(r"\b(sk|key|rk|pk)-[A-Za-z0-9_\-*]{4,}", re.IGNORECASE)
+
+
+class OpenAICompatibleProvider:
+    """Calls ``chat.completions.create(stream=True)`` with one client per endpoint."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[object, ...], openai.AsyncOpenAI] = {}
+
+    async def stream(
+        self, spec: ModelSpec, messages: Sequence[ChatMessage], max_tokens: int
+    ) -> AsyncIterator[StreamChunk]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        call_deadline = started + spec.timeout_s
+        first_deadline = min(started + spec.first_token_timeout_s, call_deadline)
+        client = self._client_for(spec)
+
+        response = await self._open(client, spec, messages, max_tokens, first_deadline)
+        try:
+            chunks = response.__aiter__()
+            seen_text = False
+            finished = False
+            while True:
+                idle_deadline = loop.time() + spec.idle_timeout_s
+                deadline = min(idle_deadline, call_deadline)
+                if not seen_text:
+                    deadline = min(deadline, first_deadline)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as error:
+                    raise _timeout_error(
+                        deadline, first_deadline, call_deadline, seen_text
+                    ) from error
+                text, usage, finish_reason = _read_chunk(chunk)
+                if finish_reason is not None:
+                    finished = True
+                if text:
+                    seen_text = True
+                    yield StreamChunk(text=text)
+                if usage is not None:
+                    yield StreamChunk(usage=usage)
+            if not finished:
+                raise ProviderError(
+                    "stream ended without a finish reason",
+                    error_class="incomplete_stream",
+                    kind=ErrorKind.UNAVAILABLE,
+                    retryable=True,
+                )
+        except openai.OpenAIError as error:
+            raise map_openai_error(error, spec) from error
+        finally:
+            # Closing an unfinished response closes its TCP connection, which
+            # is how a cancelled run stops the model server's generation.
+            await response.close()
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def _open(
+        self,
+        client: openai.AsyncOpenAI,
+        spec: ModelSpec,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        deadline: float,
+    ) -> Any:
+        options: dict[str, Any] = {}
+        if spec.temperature is not None:
+            options["temperature"] = spec.temperature
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await client.chat.completions.create(
+                    model=spec.name or "",
+                    messages=list(messages),  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **options,
+                )
+        except TimeoutError as error:
+            raise ProviderError(
+                "no response before the first-token timeout",
+                error_class="first_token_timeout",
+                kind=ErrorKind.TIMEOUT,
+                retryable=True,
+            ) from error
+        except openai.OpenAIError as error:
+            raise map_openai_error(error, spec) from error
+
+    def _client_for(self, spec: ModelSpec) -> openai.AsyncOpenAI:
+        key = (spec.base_url, spec.api_key_env, spec.timeout_s, spec.connect_timeout_s)
+        client = self._clients.get(key)
+        if client is None:
+            api_key = os.environ.get(spec.api_key_env or "", "") or MISSING_API_KEY
+            client = openai.AsyncOpenAI(
+                base_url=spec.base_url,
+                api_key=api_key,
+                max_retries=0,
+                # openai 3.x is built on httpx2, so its Timeout class
+                # (re-exported as openai.Timeout) is httpx2.Timeout.
+                timeout=openai.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
+            )
+            self._clients[key] = client
+        return client
+
+
+def _read_chunk(chunk: Any) -> tuple[str, TokenUsage | None, str | None]:
+    text_parts: list[str] = []
+    finish_reason = None
+    for choice in chunk.choices or []:
+        delta = choice.delta
+        if delta is not None and delta.content:
+            text_parts.append(delta.content)
+        if choice.finish_reason is not None:
+            finish_reason = choice.finish_reason
+    usage = None
+    if chunk.usage is not None:
+        usage = TokenUsage(
+            prompt_tokens=chunk.usage.prompt_tokens or 0,
+            completion_tokens=chunk.usage.completion_tokens or 0,
+        )
+    return "".join(text_parts), usage, finish_reason
+
+
+def _timeout_error(
+    deadline: float, first_deadline: float, call_deadline: float, seen_text: bool
+) -> ProviderError:
+    if deadline == call_deadline:
+        error_class, message = "call_timeout", "the call exceeded its time limit"
+    elif not seen_text and deadline == first_deadline:
+        error_class, message = (
+            "first_token_timeout",
+            "no text before the first-token timeout",
+        )
+    else:
+        error_class, message = "idle_timeout", "no chunk within the idle timeout"
+    return ProviderError(
+        message, error_class=error_class, kind=ErrorKind.TIMEOUT, retryable=True
+    )
+
+
+def map_openai_error(error: openai.OpenAIError, spec: ModelSpec) -> ProviderError:
+    """Translate an SDK exception into a ProviderError the chain can branch on."""
+    if isinstance(error, openai.APITimeoutError):
+        return ProviderError(
+            "the request timed out",
+            error_class="timeout",
+            kind=ErrorKind.TIMEOUT,
+            retryable=True,
+        )
+    if isinstance(error, openai.APIConnectionError):
+        return ProviderError(
+            _short_message(str(error.__cause__ or error), spec),
+            error_class="connection_error",
+            kind=ErrorKind.UNAVAILABLE,
+            retryable=True,
+        )
+    if isinstance(error, openai.APIStatusError):
+        return _status_error(error, spec)
+    # Errors sent inside the event stream, and unexpected payloads.
+    return ProviderError(
+        _short_message(str(error), spec),
+        error_class="stream_error",
+        kind=ErrorKind.UNAVAILABLE,
+        retryable=True,
+    )
+
+
+def _status_error(error: openai.APIStatusError, spec: ModelSpec) -> ProviderError:
+    status = error.status_code
+    # The SDK stores the body's "error" object; its message is the server's text.
+    body = error.body
+    text = body.get("message") if isinstance(body, dict) else None
+    message = f"HTTP {status}: " + _short_message(str(text or error.message), spec)
+    retryable = status in _RETRYABLE_STATUSES or status >= 500
+    if status == 429:
+        kind = ErrorKind.RATE_LIMITED
+    elif status in (408, 504):
+        kind = ErrorKind.TIMEOUT
+    elif not retryable:
+        kind = ErrorKind.REJECTED
+    else:
+        kind = ErrorKind.UNAVAILABLE
+    error_class = f"http_{status}"
+    if error.code == "context_length_exceeded":
+        error_class = "context_length_exceeded"
+    return ProviderError(
+        message,
+        error_class=error_class,
+        kind=kind,
+        retryable=retryable,
+        retry_after_s=parse_retry_after(error.response.headers) if retryable else None,
+    )
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Return the delay in seconds that ``retry-after-ms`` or ``Retry-After`` requests.
+
+    ``Retry-After`` is delay-seconds or an HTTP date (RFC 9110, section 10.2.3);
+    ``retry-after-ms`` is OpenAI's millisecond variant. Returns None when
+    neither header is present or valid.
+    """
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(float(value) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (now if now is not None else time.time()), 0.0)
+
+
+def _short_message(text: str, spec: ModelSpec) -> str:
+    """Shorten an error text and remove anything that looks like an API key."""
+    key = os.environ.get(spec.api_key_env or "", "")
+    if key:
+        text = text.replace(key, "[redacted]")
+    text = _KEY_LIKE.sub("[redacted]", text)
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_MESSAGE_CHARS:
+        text = text[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+    return text
