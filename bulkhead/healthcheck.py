@@ -3,7 +3,7 @@
 ``python -m bulkhead.healthcheck HOST:PORT`` calls ``grpc.health.v1.Health/Check``
 for the overall server (service name ``""``) and exits 0 when the server
 reports SERVING, 1 otherwise. Container health checks and the development
-stack use it, so that a process counts as healthy only once it says so.
+stack use it, so that a process counts as healthy only once it reports SERVING.
 """
 
 from __future__ import annotations

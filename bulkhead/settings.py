@@ -29,12 +29,14 @@ class CommonSettings(BaseSettings):
     nats_password: str | None = None
     nats_token: str | None = None
     nats_stream: str = Field(
-        default="BULKHEAD_TASKS", description="JetStream stream holding the work queues."
+        default="BULKHEAD_TASKS",
+        description="JetStream stream holding the work queues.",
     )
     nats_subject_prefix: str = Field(
         default="bulkhead",
         description="Prefix of every NATS subject, so that stacks can share a server.",
     )
     chat_service_addr: str = Field(
-        default="127.0.0.1:50051", description="host:port of chat_service's gRPC server."
+        default="127.0.0.1:50051",
+        description="host:port of chat_service's gRPC server.",
     )

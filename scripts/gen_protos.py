@@ -27,7 +27,9 @@ def main() -> int:
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
-    sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    sources = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto")
+    )
     well_known = Path(protoc.__file__).parent / "_proto"
     # mypy-protobuf installs its plugins next to the interpreter.
     bin_dir = Path(sys.executable).parent

@@ -51,8 +51,8 @@ class _Paths:
 def config_from_env(workdir: Path, replicas: dict[str, int]) -> StackConfig:
     """Build the ``make up`` configuration from the ``BULKHEAD_*`` environment.
 
-    Uses the NATS server at ``BULKHEAD_NATS_URL`` if it answers with
-    JetStream; otherwise the stack starts its own, on that URL's port if the
+    Uses the NATS server at ``BULKHEAD_NATS_URL`` if it responds with
+    JetStream enabled; otherwise the stack starts its own, on that URL's port if the
     URL points at this machine and the port is free, else on a free port.
     """
     env = os.environ
@@ -70,8 +70,11 @@ def config_from_env(workdir: Path, replicas: dict[str, int]) -> StackConfig:
         if local and parts.port and port_is_free("127.0.0.1", parts.port):
             nats_port = parts.port
         nats_url = None
+    # People read the console, and a local stack has no production secrets.
+    defaults = {"BULKHEAD_LOG_FORMAT": "console", "BULKHEAD_DEV_MODE": "true"}
     return StackConfig(
         workdir=workdir,
+        env={name: env.get(name) or value for name, value in defaults.items()},
         database_url=env.get("BULKHEAD_DATABASE_URL") or DEFAULT_DATABASE_URL,
         nats_url=nats_url,
         nats_port=nats_port,
@@ -154,10 +157,12 @@ def run_up(paths: _Paths, replicas: dict[str, int], echo: bool) -> int:
 def _log_sources(stack: Stack | None) -> list[tuple[str, Path]]:
     if stack is None:
         return []
-    sources = [(name, p.log_path) for name, p in stack.processes.items()]
+    processes = list(stack.processes.values())
     if stack.nats is not None:
-        sources.insert(0, ("nats", stack.nats.log_path))
-    return sources
+        processes.insert(0, stack.nats)
+    # A log file from an earlier run stays unread until its process starts
+    # and truncates it.
+    return [(p.name, p.log_path) for p in processes if p.starts]
 
 
 def _wait_for_exit(stack: Stack) -> str:
@@ -205,14 +210,14 @@ Bulkhead is up.
   API key  {api_key}   (stored in var/demo-api-key)
   logs     var/log/
 
-Send a message; the response carries the run id:
+Send a message; the response's run.id names the run that answers it:
   curl -sS -X POST {gateway_url}/api/chat \\
     -H 'Authorization: Bearer {api_key}' \\
     -H 'Content-Type: application/json' \\
     -H "Idempotency-Key: $(python3 -c 'import uuid; print(uuid.uuid4())')" \\
-    -d '{{"message": "Hello, Bulkhead"}}'
+    -d '{{"content": "Hello, Bulkhead"}}'
 
-Stream the answer as server-sent events (replace <run_id>):
+Stream the answer as server-sent events (put that id in place of <run_id>):
   curl -N -H 'Authorization: Bearer {api_key}' \\
     {gateway_url}/api/runs/<run_id>/events
 
@@ -229,6 +234,7 @@ def run_up_background(paths: _Paths, replicas: dict[str, int]) -> int:
     paths.state_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "bulkhead.devstack", "up", "--no-echo"]
     command += [f"--replicas={service}={n}" for service, n in replicas.items()]
+
     with paths.runner_log.open("wb") as log:
         runner = subprocess.Popen(
             command,
@@ -238,6 +244,7 @@ def run_up_background(paths: _Paths, replicas: dict[str, int]) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
     deadline = time.monotonic() + BACKGROUND_START_TIMEOUT_S
     while time.monotonic() < deadline:
         state = _read_state(paths.state_file)
@@ -251,6 +258,7 @@ def run_up_background(paths: _Paths, replicas: dict[str, int]) -> int:
             print(paths.runner_log.read_text(errors="replace")[-4000:])
             return 1
         time.sleep(0.2)
+
     print(f"devstack: the stack was not up within {BACKGROUND_START_TIMEOUT_S:g} s")
     runner.send_signal(signal.SIGTERM)
     return 1

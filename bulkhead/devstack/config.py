@@ -25,7 +25,7 @@ NATS_PROCESS = "nats"
 
 @dataclass
 class StackConfig:
-    """What to start and how. Every field has a default that works for ``make up``.
+    """Settings of one stack; every field has a default that works for ``make up``.
 
     ``ports`` gives the port of a service's first replica; services missing
     there and further replicas get free ports. ``env`` is added to every

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import nats
 from nats.errors import Error as NatsError
@@ -83,6 +84,17 @@ async def _probe_jetstream(url: str, timeout_s: float) -> str | None:
     async def _quiet(error: Exception) -> None:
         return None
 
+    # nats-py waits out its reconnect delay (2 s) even with reconnects off,
+    # so a refused TCP connection is detected first and returned at once.
+    parts = urlsplit(url)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 4222), timeout_s
+        )
+    except (OSError, TimeoutError) as error:
+        return f"cannot connect: {str(error) or type(error).__name__}"
+    writer.close()
+
     try:
         client = await asyncio.wait_for(
             nats.connect(
@@ -95,7 +107,7 @@ async def _probe_jetstream(url: str, timeout_s: float) -> str | None:
             timeout=timeout_s + 1,
         )
     except (NatsError, OSError, TimeoutError) as error:
-        return f"cannot connect: {error or type(error).__name__}"
+        return f"cannot connect: {str(error) or type(error).__name__}"
     try:
         await client.jetstream(timeout=timeout_s).account_info()
     except (NatsError, TimeoutError) as error:
@@ -108,14 +120,14 @@ async def _probe_jetstream(url: str, timeout_s: float) -> str | None:
 def jetstream_problem(url: str, timeout_s: float = 2.0) -> str | None:
     """Connect to ``url`` and ask for the JetStream account information.
 
-    Returns None if a NATS server answers there with JetStream enabled,
+    Returns None if a NATS server responds there with JetStream enabled,
     otherwise a short description of what failed.
     """
     return run_blocking(lambda: _probe_jetstream(url, timeout_s))
 
 
 def jetstream_answers(url: str, timeout_s: float = 2.0) -> bool:
-    """Return True if a NATS server with JetStream answers at ``url``."""
+    """Return True if a NATS server with JetStream enabled responds at ``url``."""
     return jetstream_problem(url, timeout_s) is None
 
 
@@ -162,13 +174,13 @@ class NatsServer(ManagedProcess):
         return f"nats://{self.host}:{self.port}"
 
     def start_and_wait(self, timeout_s: float = 15.0) -> None:
-        """Start the server and wait until JetStream answers."""
+        """Start the server and wait until its JetStream API responds."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.start()
         wait_until(
             self,
             lambda: jetstream_answers(self.url, timeout_s=1.0),
             timeout_s=timeout_s,
-            what="answering with JetStream",
+            condition="responding with JetStream enabled",
             interval_s=0.2,
         )

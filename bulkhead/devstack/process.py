@@ -141,7 +141,7 @@ def wait_until(
     check: Callable[[], bool],
     *,
     timeout_s: float,
-    what: str,
+    condition: str,
     interval_s: float = 0.1,
 ) -> None:
     """Poll ``check`` until it returns True.
@@ -153,14 +153,14 @@ def wait_until(
     while True:
         if not process.is_running():
             raise StackError(
-                f"{process.name} {process.describe_exit()} before it was {what}; "
+                f"{process.name} {process.describe_exit()} before it was {condition}; "
                 f"last lines of {process.log_path}:\n{process.log_tail()}"
             )
         if check():
             return
         if time.monotonic() >= deadline:
             raise StackError(
-                f"{process.name} was not {what} within {timeout_s:g} s; "
+                f"{process.name} was not {condition} within {timeout_s:g} s; "
                 f"last lines of {process.log_path}:\n{process.log_tail()}"
             )
         time.sleep(interval_s)

@@ -42,7 +42,7 @@ from bulkhead.healthcheck import is_serving
 class Stack:
     """A running (or startable) Bulkhead stack.
 
-    ``nats_url`` is used when a server with JetStream answers there; with
+    ``nats_url`` is used when a server with JetStream enabled responds there; with
     ``nats_url=None`` the stack starts a nats-server of its own under
     ``var_dir/nats`` and can kill and restart it like a service.
     """
@@ -68,7 +68,7 @@ class Stack:
         """Start NATS if needed, migrate, start every service and wait until healthy.
 
         Raises :class:`StackError` (after stopping what it started) if a port
-        is taken, NATS does not answer, the migration fails, or a service
+        is taken, NATS does not respond, the migration fails, or a service
         exits or is not healthy within ``startup_timeout_s``.
         """
         if self._started:
@@ -184,7 +184,7 @@ class Stack:
                     process,
                     lambda path=path: _http_ok(base + path),
                     timeout_s=timeout,
-                    what=f"answering 200 on GET {path}",
+                    condition=f"returning 200 on GET {path}",
                 )
             return
         address = self.address_of(name)
@@ -192,7 +192,7 @@ class Stack:
             process,
             lambda: is_serving(address, timeout_s=1.0),
             timeout_s=timeout,
-            what=f"SERVING on gRPC health at {address}",
+            condition=f"SERVING on gRPC health at {address}",
         )
 
     def is_healthy(self, name: str) -> bool:

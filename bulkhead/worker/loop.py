@@ -341,7 +341,8 @@ class TaskWorker:
                 messages = await subscription.fetch(
                     batch=free, timeout=self._options.fetch_timeout_s
                 )
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # An idle fetch: nats-py raises either timeout class here.
                 failures = 0
                 continue
             except (OSError, nats.errors.Error) as error:
