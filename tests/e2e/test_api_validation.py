@@ -1,0 +1,182 @@
+"""Bad requests get RFC 9457 problems and store nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.support.api import auth, post_chat
+
+PROBLEM_FIELDS = {"type", "title", "status", "detail"}
+
+INVALID_BODIES = [
+    pytest.param({"content": "hi", "extra": 1}, id="unknown-field"),
+    pytest.param({"content": 5}, id="content-not-string"),
+    pytest.param({"content": ""}, id="empty-content"),
+    pytest.param({"content": " \n\t "}, id="blank-content"),
+    pytest.param({"content": "x" * 32_001}, id="content-over-limit"),
+    pytest.param({}, id="missing-content"),
+    pytest.param({"content": "hi", "chat_id": "not-a-uuid"}, id="chat-id-not-uuid"),
+    pytest.param({"content": "hi", "chat_id": 7}, id="chat-id-number"),
+    pytest.param({"content": "hi", "model": "no-such-model"}, id="unknown-model"),
+    pytest.param({"content": "hi", "model": 3}, id="model-number"),
+    pytest.param({"content": "hi", "on_busy": "sometimes"}, id="on-busy-unknown"),
+    pytest.param({"content": "a\u0000b"}, id="nul-character"),
+    pytest.param(["content"], id="not-an-object"),
+]
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert PROBLEM_FIELDS <= problem.keys()
+    assert problem["status"] == status
+    return problem
+
+
+async def _chat_count(client: httpx.AsyncClient, key: str) -> int:
+    response = await client.get("/api/chats", headers=auth(key))
+    assert response.status_code == 200
+    return len(response.json()["items"])
+
+
+@pytest.mark.parametrize("body", INVALID_BODIES)
+async def test_invalid_body_is_422(
+    gateway_client: httpx.AsyncClient, api_key, body: object
+) -> None:
+    key = api_key()
+
+    response = await gateway_client.post("/api/chat", json=body, headers=auth(key))
+
+    assert_problem(response, 422)
+    assert await _chat_count(gateway_client, key) == 0
+
+
+async def test_content_at_limit_is_accepted(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+
+    response = await post_chat(gateway_client, key, "x" * 32_000)
+
+    assert response.status_code == 202
+    assert len(response.json()["message"]["content"]) == 32_000
+
+
+async def test_malformed_json_is_422(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+
+    response = await gateway_client.post(
+        "/api/chat",
+        content=b'{"content": "unterminated',
+        headers=auth(key, **{"Content-Type": "application/json"}),
+    )
+
+    assert_problem(response, 422)
+
+
+@pytest.mark.parametrize(
+    "idempotency_key",
+    ["k" * 256, "caf\u00e9", "tab\there", "delete\x7f"],
+    ids=["too-long", "non-ascii", "tab", "delete-character"],
+)
+async def test_invalid_idempotency_key_is_422(
+    gateway_client: httpx.AsyncClient, api_key, idempotency_key: str
+) -> None:
+    key = api_key()
+
+    response = await gateway_client.post(
+        "/api/chat",
+        json={"content": "hi"},
+        headers=[
+            ("Authorization", f"Bearer {key}"),
+            ("Idempotency-Key", idempotency_key.encode("utf-8")),
+        ],
+    )
+
+    assert_problem(response, 422)
+    assert await _chat_count(gateway_client, key) == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer bk_wrong"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+    ids=["missing", "wrong-key", "wrong-scheme"],
+)
+async def test_missing_or_wrong_key_is_401(
+    gateway_client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    response = await gateway_client.post(
+        "/api/chat", json={"content": "hi"}, headers=headers
+    )
+
+    assert_problem(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_unknown_chat_is_404(gateway_client: httpx.AsyncClient, api_key) -> None:
+    key = api_key()
+
+    response = await post_chat(gateway_client, key, "hi", chat_id=str(uuid.uuid4()))
+
+    assert_problem(response, 404)
+    assert await _chat_count(gateway_client, key) == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/runs/{run}",
+        "/api/runs/{run}/events",
+        "/api/chats/{chat}/messages",
+    ],
+)
+async def test_unknown_ids_are_404(
+    gateway_client: httpx.AsyncClient, api_key, path: str
+) -> None:
+    key = api_key()
+
+    for value in (str(uuid.uuid4()), "not-a-uuid"):
+        response = await gateway_client.get(
+            path.format(run=value, chat=value), headers=auth(key)
+        )
+        assert_problem(response, 404)
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "-1", "ten"])
+async def test_bad_page_limit_is_422(
+    gateway_client: httpx.AsyncClient, api_key, limit: str
+) -> None:
+    key = api_key()
+
+    response = await gateway_client.get(f"/api/chats?limit={limit}", headers=auth(key))
+
+    assert_problem(response, 422)
+
+
+async def test_bad_cursor_is_422(gateway_client: httpx.AsyncClient, api_key) -> None:
+    key = api_key()
+
+    response = await gateway_client.get(
+        "/api/chats?cursor=%%%garbage", headers=auth(key)
+    )
+
+    assert_problem(response, 422)
+
+
+async def test_bad_last_event_id_is_422(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+    run_id = (await post_chat(gateway_client, key, "hi")).json()["run"]["id"]
+
+    response = await gateway_client.get(
+        f"/api/runs/{run_id}/events", headers=auth(key, **{"Last-Event-ID": "abc"})
+    )
+
+    assert_problem(response, 422)

@@ -1,0 +1,51 @@
+"""Every gRPC server lists its services through reflection and reports health."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from bulkhead.devstack import Stack
+
+STANDARD_SERVICES = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
+EXPECTED = {
+    "chat_service": STANDARD_SERVICES
+    | {"chat.v1.ChatService", "chat.v1.RunService", "chat.v1.AuthService"},
+    "agent_service": STANDARD_SERVICES,
+    "executor_service": STANDARD_SERVICES,
+}
+
+
+@pytest.mark.parametrize("service", sorted(EXPECTED))
+def test_reflection_lists_services(stack: Stack, service: str) -> None:
+    with grpc.insecure_channel(stack.address_of(service)) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    assert services == EXPECTED[service]
+
+
+@pytest.mark.parametrize("service", sorted(EXPECTED))
+def test_health_check_is_serving(stack: Stack, service: str) -> None:
+    with grpc.insecure_channel(stack.address_of(service)) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_describes_post_message(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.address_of("chat_service")) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        file = database.FindFileContainingSymbol("chat.v1.ChatService")
+
+    assert file.package == "chat.v1"
+    methods = {m.name for s in file.service for m in s.method}
+    assert {"PostMessage", "GetRun", "WatchRun", "CancelRun", "RetryRun"} <= methods
