@@ -117,7 +117,8 @@ class CallRecord:
     """One chat completions call as the server saw it.
 
     ``outcome`` is "completed", "failed" (an error status), "stalled",
-    "dropped" (closed by the server) or "client_closed".
+    "dropped" (closed by the server) or "client_closed". ``first_chunk_at``
+    is the ``time.time()`` at which the first content chunk was written.
     """
 
     model: str
@@ -128,6 +129,7 @@ class CallRecord:
     status: int = 200
     client_closed: bool = False
     chunks_sent: int = 0
+    first_chunk_at: float | None = None
     request: dict[str, Any] = field(default_factory=dict)
 
 
@@ -392,6 +394,8 @@ class FakeOpenAI:
             )
             await _pause(delay, closed)
             content = {"index": 0, "delta": {"content": part}, "finish_reason": None}
+            if record.first_chunk_at is None:
+                record.first_chunk_at = time.time()
             await _send_event(writer, chunk([content]))
             record.chunks_sent += 1
 

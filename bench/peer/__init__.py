@@ -1,0 +1,1 @@
+"""The peer: the LangGraph dev server (``langgraph-cli[inmem]``) in its own venv."""
