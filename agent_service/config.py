@@ -10,6 +10,8 @@ from bulkhead.settings import CommonSettings
 class AgentSettings(CommonSettings):
     """Agent settings; field names are unique across services."""
 
+    required_secrets = ("worker_service_token",)
+
     models_file: str | None = Field(
         default=None,
         description="Path of the models TOML file (default: config/models.toml).",

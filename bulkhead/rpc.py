@@ -9,6 +9,7 @@ Errors carry a ``google.rpc.ErrorInfo`` detail whose ``reason`` is one of
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +25,13 @@ from grpc_status import rpc_status
 from bulkhead.settings import GRPC_MAX_MESSAGE_BYTES
 
 USER_ID_METADATA = "x-bulkhead-user-id"
+# A user id: 1 to 255 printable ASCII characters without spaces, because gRPC
+# metadata values are ASCII and ids are stored in 255-character columns.
+USER_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 REQUEST_ID_METADATA = "x-request-id"
+# Service credential of the calling service, as ``Bearer <token>``: the
+# gateway's token allows ChatService and AuthService, a worker's RunService.
+SERVICE_TOKEN_METADATA = "authorization"
 ERROR_DOMAIN = "bulkhead"
 
 HealthServicer = health.aio.HealthServicer
@@ -69,6 +76,7 @@ class Reason(StrEnum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    SERVICE_UNAUTHENTICATED = "SERVICE_UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     NOT_FOUND = "NOT_FOUND"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
@@ -193,6 +201,13 @@ async def mark_serving(
     )
     for entry in [name, *service_names]:
         await health_servicer.set(entry, status)
+
+
+def service_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """Return the metadata entry that carries a service credential; none if empty."""
+    if not token:
+        return ()
+    return ((SERVICE_TOKEN_METADATA, f"Bearer {token}"),)
 
 
 def create_channel(address: str) -> grpc.aio.Channel:

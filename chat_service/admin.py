@@ -12,8 +12,9 @@ import asyncio
 import sys
 import uuid
 
+from bulkhead.rpc import USER_ID_PATTERN
 from chat_service import apikeys
-from chat_service.config import ChatServiceSettings
+from chat_service.config import DatabaseToolSettings
 from chat_service.store.database import Database
 
 
@@ -41,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace, db: Database) -> int:
     async with db.transaction() as conn:
         if args.command == "create-api-key":
-            if not args.user.strip() or len(args.user) > 255:
-                print("error: --user must be 1 to 255 characters", file=sys.stderr)
+            if not USER_ID_PATTERN.fullmatch(args.user):
+                print(
+                    "error: --user must be 1 to 255 printable ASCII characters "
+                    "without spaces",
+                    file=sys.stderr,
+                )
                 return 2
             key, _ = await apikeys.create_key(conn, args.user, args.name)
             print(key)
@@ -71,7 +76,7 @@ async def _run(args: argparse.Namespace, db: Database) -> int:
 
 async def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    settings = ChatServiceSettings()
+    settings = DatabaseToolSettings()
     db = Database(settings.database_url, pool_size=1)
     try:
         return await _run(args, db)

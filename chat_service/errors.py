@@ -75,6 +75,13 @@ class StaleAttemptError(ChatServiceError):
     reason = Reason.STALE_ATTEMPT
 
 
+class RateLimitedError(ChatServiceError):
+    """The user exceeded a rate limit; ``retry_after_s`` metadata says when to retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.RATE_LIMITED
+
+
 class DatabaseUnavailableError(ChatServiceError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = Reason.DATABASE_UNAVAILABLE

@@ -2,10 +2,11 @@
 
 Events are rows of ``run_events`` with a dense per-run sequence number; they
 are the source of truth for SSE streams. After a transaction commits, the
-new events are handed to the :class:`EventHub`, which wakes local watchers at
-once and publishes a copy on core NATS so that watchers connected to other
-chat_service replicas wake up too. A lost notification only delays a watcher
-until its next database poll.
+new events are handed to the :class:`EventHub`, which gives them to local
+watchers at once and publishes a notice (run id and sequence number, no
+text) on core NATS, so that watchers connected to other chat_service
+replicas read the new events from the database. A lost notice only delays a
+watcher until its next database poll.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 from google.protobuf.message import DecodeError
@@ -108,29 +109,31 @@ class AfterCommit:
 class Subscription:
     """A watcher's bounded inbox of events for one run.
 
-    When the inbox is full the subscription is marked ``overflowed`` and
-    further events are dropped; the watcher then reads from the database, so
-    a slow watcher costs bounded memory and loses nothing.
+    An item is either an event stored by this process or ``None``, a wake-up
+    that means "newer events are in the database". When the inbox is full
+    the subscription is marked ``overflowed`` and further items are dropped,
+    so the watcher reads from the database: a slow watcher costs bounded
+    memory and loses nothing.
     """
 
     def __init__(self, run_id: UUID, size: int) -> None:
         self.run_id = run_id
-        self.queue: asyncio.Queue[types_pb2.RunEvent] = asyncio.Queue(maxsize=size)
+        self.queue: asyncio.Queue[types_pb2.RunEvent | None] = asyncio.Queue(
+            maxsize=size
+        )
         self.overflowed = False
 
-    def offer(self, event: types_pb2.RunEvent) -> None:
+    def offer(self, item: types_pb2.RunEvent | None) -> None:
         if self.overflowed:
             return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(item)
         except asyncio.QueueFull:
             self.overflowed = True
 
-    def drain(self) -> list[types_pb2.RunEvent]:
-        items = []
+    def drain(self) -> None:
         while not self.queue.empty():
-            items.append(self.queue.get_nowait())
-        return items
+            self.queue.get_nowait()
 
 
 Publisher = Callable[[str, bytes], Awaitable[None]]
@@ -142,6 +145,7 @@ class EventHub:
     core NATS, in every other chat_service replica."""
 
     def __init__(self, subject_for: Callable[[str], str], queue_size: int) -> None:
+        self._origin = uuid4().hex
         self._subject_for = subject_for
         self._queue_size = queue_size
         self._subscriptions: dict[UUID, set[Subscription]] = defaultdict(set)
@@ -176,25 +180,30 @@ class EventHub:
                 subscription.offer(event)
 
     async def publish(self, run_id: UUID, events: list[types_pb2.RunEvent]) -> None:
-        """Deliver locally, then broadcast to other replicas (best effort)."""
+        """Deliver locally, then notify other replicas (best effort)."""
         self.deliver_local(run_id, events)
-        if self._publisher is None:
+        if self._publisher is None or not events:
             return
-        payload = types_pb2.RunEventBatch(run_id=str(run_id), events=events)
+        notice = types_pb2.RunEventNotice(
+            run_id=str(run_id), last_seq=events[-1].seq, origin=self._origin
+        )
         try:
             await self._publisher(
-                self._subject_for(str(run_id)), payload.SerializeToString()
+                self._subject_for(str(run_id)), notice.SerializeToString()
             )
         except Exception as error:  # noqa: BLE001 - a lost notice only delays watchers
-            logger.debug("event broadcast failed", run_id=str(run_id), error=str(error))
+            logger.debug("event notice failed", run_id=str(run_id), error=str(error))
 
-    def on_broadcast(self, payload: bytes) -> None:
-        """Handle a batch published by any replica (including this one)."""
-        batch = types_pb2.RunEventBatch()
+    def on_notice(self, payload: bytes) -> None:
+        """Wake local watchers of a run whose events another replica stored."""
+        notice = types_pb2.RunEventNotice()
         try:
-            batch.ParseFromString(payload)
-            run_id = UUID(batch.run_id)
+            notice.ParseFromString(payload)
+            run_id = UUID(notice.run_id)
         except (ValueError, TypeError, DecodeError) as error:
-            logger.warning("malformed event broadcast dropped", error=str(error))
+            logger.warning("malformed event notice dropped", error=str(error))
             return
-        self.deliver_local(run_id, batch.events)
+        if notice.origin == self._origin:
+            return
+        for subscription in list(self._subscriptions.get(run_id, ())):
+            subscription.offer(None)

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 
 from bulkhead.log import configure_logging, get_logger
-from chat_service.config import ChatServiceSettings
+from chat_service.config import DatabaseToolSettings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 logger = get_logger(__name__)
@@ -32,7 +32,7 @@ def upgrade(database_url: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = ChatServiceSettings()
+    settings = DatabaseToolSettings()
     configure_logging("chat_service.migrate", settings.log_level, settings.log_format)
     try:
         upgrade(settings.database_url)

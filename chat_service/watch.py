@@ -3,8 +3,8 @@
 A watcher subscribes to the hub first and then reads the database, so no
 event can fall between the two. It yields events strictly in sequence: an
 event from the hub is used only if it is the next one expected; anything
-else (a gap, an overflowed inbox, a quiet period) sends it back to the
-database, which is the source of truth.
+else (a gap, an overflowed inbox, a notice from another replica, a quiet
+period) sends it back to the database, which is the source of truth.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ async def _follow(
             event = await asyncio.wait_for(subscription.queue.get(), timeout=poll_s)
         except TimeoutError:
             return
+        if event is None:
+            return  # another replica stored events: read them from the database
         if event.seq <= last:
             continue  # a copy of an event already sent (local delivery and broadcast)
         if event.seq != last + 1 or subscription.overflowed:
@@ -101,5 +103,5 @@ async def wait_for_terminal(
 async def _next_terminal(subscription: Subscription) -> None:
     while True:
         event = await subscription.queue.get()
-        if event.type in TERMINAL_EVENTS or subscription.overflowed:
+        if event is None or event.type in TERMINAL_EVENTS or subscription.overflowed:
             return

@@ -21,9 +21,11 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import auth_service_pb2_grpc, chat_service_pb2_grpc
-from bulkhead.rpc import create_channel
+from bulkhead.rpc import create_channel, service_metadata
+from bulkhead.settings import warn_if_dev_mode
 from gateway.auth import ApiKeyAuthenticator, authenticate, bearer_scheme
 from gateway.config import GatewaySettings
+from gateway.jwt_auth import JwtVerifier
 from gateway.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from gateway.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -34,6 +36,7 @@ from gateway.problems import (
     handle_validation_error,
 )
 from gateway.routes import chat, chats, health, runs
+from gateway.stream_limits import StreamLimiter
 
 # Time given to calls still in flight when the channel closes at shutdown.
 _CHANNEL_CLOSE_GRACE_S = 1.0
@@ -82,7 +85,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # aio channels belong to the event loop that creates them, so the channel
     # is opened here, in the server's loop, and not in create_app.
     settings: GatewaySettings = app.state.settings
+    warn_if_dev_mode(settings, logger)
+    jwt_config = settings.jwt_config()
     channel = create_channel(settings.chat_service_addr)
+    app.state.service_metadata = service_metadata(
+        settings.gateway_service_token.get_secret_value()
+    )
     app.state.chat_stub = chat_service_pb2_grpc.ChatServiceStub(channel)
     app.state.health_stub = health_pb2_grpc.HealthStub(channel)
     app.state.authenticator = ApiKeyAuthenticator(
@@ -90,8 +98,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         ttl_s=settings.gateway_auth_cache_ttl_s,
         max_entries=settings.gateway_auth_cache_max_entries,
         timeout_s=settings.gateway_grpc_timeout_s,
+        service_metadata=app.state.service_metadata,
     )
-    logger.info("gateway started", chat_service_addr=settings.chat_service_addr)
+    app.state.jwt_verifier = JwtVerifier(jwt_config) if jwt_config else None
+    app.state.stream_limiter = StreamLimiter(settings.max_streams_per_user)
+    logger.info(
+        "gateway started",
+        chat_service_addr=settings.chat_service_addr,
+        jwt_algorithms=list(jwt_config.algorithms) if jwt_config else [],
+    )
     try:
         yield
     finally:
@@ -103,7 +118,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, handle_problem_error)
     app.add_exception_handler(grpc.RpcError, handle_rpc_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
-    app.add_exception_handler(HTTPException, handle_http_exception)
+    app.add_exception_handler(HTTPException, _handle_http_exception)
 
 
 async def _handle_validation_error(request: Request, error: Exception) -> Response:
@@ -118,6 +133,26 @@ async def _handle_validation_error(request: Request, error: Exception) -> Respon
         except grpc.RpcError as rpc_error:
             return await handle_rpc_error(request, rpc_error)
     return await handle_validation_error(request, error)
+
+
+async def _handle_http_exception(request: Request, error: Exception) -> Response:
+    # FastAPI answers 400 when the body is not UTF-8 or json.loads fails with
+    # anything but JSONDecodeError (nesting too deep, an integer over 4,300
+    # digits). Those are invalid JSON bodies like any other: 422, after the
+    # credentials check.
+    if isinstance(error, HTTPException) and error.status_code == 400:
+        invalid = RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body",),
+                    "msg": "JSON decode error",
+                    "ctx": {"error": "not UTF-8 JSON within the parser's limits"},
+                }
+            ]
+        )
+        return await _handle_validation_error(request, invalid)
+    return await handle_http_exception(request, error)
 
 
 def _add_middleware(app: FastAPI, settings: GatewaySettings) -> None:

@@ -1,6 +1,11 @@
-"""API key authentication: ``Authorization: Bearer <api key>`` on every ``/api`` route.
+"""Authentication of every ``/api`` route: ``Authorization: Bearer <credential>``.
 
-Keys are resolved by chat_service (``AuthService.AuthenticateApiKey``). Each
+The credential is an API key when it starts with ``bk_``, else a JWT from the
+configured identity provider (see ``gateway.jwt_auth``; refused when JWTs are
+not configured). Every rejection is the same 401 problem, so a client cannot
+learn which check failed.
+
+API keys are resolved by chat_service (``AuthService.AuthenticateApiKey``). Each
 gateway process caches successful lookups for
 ``BULKHEAD_GATEWAY_AUTH_CACHE_TTL_S`` seconds (30 by default), keyed by the
 SHA-256 digest of the key, so that the cache contains no key in the clear.
@@ -22,18 +27,30 @@ import grpc
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bulkhead.log import bind_context
+from bulkhead.log import bind_context, get_logger
 from bulkhead.proto.chat.v1 import auth_service_pb2, auth_service_pb2_grpc
-from bulkhead.rpc import REQUEST_ID_METADATA, USER_ID_METADATA
-from gateway.problems import unauthenticated_problem
+from bulkhead.rpc import REQUEST_ID_METADATA, USER_ID_METADATA, Reason, parse_error
+from gateway.jwt_auth import JwtVerifier, KeysUnavailableError, TokenRejectedError
+from gateway.problems import UNAVAILABLE, ProblemError, unauthenticated_problem
 
+# Prefix of the keys that chat_service issues (chat_service.apikeys.KEY_PREFIX).
+API_KEY_PREFIX = "bk_"
 # Keys longer than this, or with characters outside printable ASCII, cannot
 # have been issued, so they are rejected without a call to chat_service.
-_API_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,512}")
+_API_KEY_PATTERN = re.compile(r"bk_[\x21-\x7e]{1,509}")
+# A compact JWS: three base64url parts; 8 KiB is far above real tokens.
+_JWT_PATTERN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_MAX_JWT_CHARS = 8192
+INVALID_CREDENTIALS = "The API key or token is invalid, expired or revoked."
+
+logger = get_logger(__name__)
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
-    description="An API key, as printed by `python -m chat_service.admin create-api-key`.",
+    description=(
+        "An API key, as printed by `python -m chat_service.admin create-api-key`, "
+        "or a JWT from the configured identity provider."
+    ),
 )
 
 
@@ -43,12 +60,15 @@ class Caller:
 
     user_id: str
     request_id: str
+    # The gateway's service credential (bulkhead.rpc.service_metadata).
+    service_metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (
             (USER_ID_METADATA, self.user_id),
             (REQUEST_ID_METADATA, self.request_id),
+            *self.service_metadata,
         )
 
 
@@ -64,8 +84,10 @@ class ApiKeyAuthenticator:
         ttl_s: float,
         max_entries: int,
         timeout_s: float,
+        service_metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._stub = stub
+        self._service_metadata = service_metadata
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._timeout_s = timeout_s
@@ -112,13 +134,13 @@ class ApiKeyAuthenticator:
             response = await self._stub.AuthenticateApiKey(
                 request,
                 timeout=self._timeout_s,
-                metadata=((REQUEST_ID_METADATA, request_id),),
+                metadata=((REQUEST_ID_METADATA, request_id), *self._service_metadata),
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise unauthenticated_problem(
-                    "The API key is invalid or revoked."
-                ) from None
+            # A rejected service credential is also UNAUTHENTICATED, but it is
+            # the gateway's fault, so only the API key reason becomes a 401.
+            if parse_error(error).reason == Reason.UNAUTHENTICATED:
+                raise unauthenticated_problem(INVALID_CREDENTIALS) from None
             raise
         self._store(digest, response.user_id)
         return response.user_id
@@ -143,21 +165,48 @@ async def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Caller:
-    """Resolve the request's bearer API key, or raise a 401 problem."""
+    """Resolve the request's bearer API key or JWT, or raise a 401 problem."""
     if credentials is None:
         raise unauthenticated_problem(
-            "Missing credentials: send the header Authorization: Bearer <api key>."
+            "Missing credentials: send the header Authorization: Bearer <API key "
+            "or token>."
         )
-    api_key = credentials.credentials
-    if not _API_KEY_PATTERN.fullmatch(api_key):
-        raise unauthenticated_problem("The API key is invalid or revoked.")
-
-    authenticator: ApiKeyAuthenticator = request.app.state.authenticator
     request_id: str = request.state.request_id
-    user_id = await authenticator.authenticate(api_key, request_id)
+    user_id = await _user_id_of(request, credentials.credentials, request_id)
     request.state.user_id = user_id
     bind_context(user_id=user_id)
-    return Caller(user_id=user_id, request_id=request_id)
+    return Caller(
+        user_id=user_id,
+        request_id=request_id,
+        service_metadata=request.app.state.service_metadata,
+    )
+
+
+async def _user_id_of(request: Request, credential: str, request_id: str) -> str:
+    if credential.startswith(API_KEY_PREFIX):
+        if not _API_KEY_PATTERN.fullmatch(credential):
+            raise unauthenticated_problem(INVALID_CREDENTIALS)
+        authenticator: ApiKeyAuthenticator = request.app.state.authenticator
+        return await authenticator.authenticate(credential, request_id)
+
+    verifier: JwtVerifier | None = request.app.state.jwt_verifier
+    if (
+        verifier is None
+        or len(credential) > _MAX_JWT_CHARS
+        or not _JWT_PATTERN.fullmatch(credential)
+    ):
+        raise unauthenticated_problem(INVALID_CREDENTIALS)
+    try:
+        return await verifier.verify(credential)
+    except TokenRejectedError as error:
+        logger.info("bearer token rejected", reason=str(error))
+        raise unauthenticated_problem(INVALID_CREDENTIALS) from None
+    except KeysUnavailableError:
+        raise ProblemError(
+            UNAVAILABLE,
+            "The identity provider's keys could not be fetched. Retry in a moment.",
+            headers={"Retry-After": "5"},
+        ) from None
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -26,7 +26,11 @@ _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
 _SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
 )
+# API responses are data, never a page: nothing in them may load or run, and
+# no site may frame them. HTML pages (the /docs page) keep their own policy.
+_API_CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'"
 _JSON_MEDIA_TYPES = (b"application/json", b"application/problem+json")
 _MAX_LOGGED_PATH_CHARS = 200
 
@@ -118,6 +122,10 @@ def _with_headers(message: Message, request_id: str) -> Message:
     headers.extend(header for header in _SECURITY_HEADERS if header[0] not in names)
 
     content_type = Headers(raw=headers).get("content-type", "").encode("latin-1")
+    if b"content-security-policy" not in names and not content_type.startswith(
+        b"text/html"
+    ):
+        headers.append((b"content-security-policy", _API_CONTENT_SECURITY_POLICY))
     if b"cache-control" not in names and content_type.startswith(_JSON_MEDIA_TYPES):
         headers.append((b"cache-control", b"no-store"))
     return {**message, "headers": headers}

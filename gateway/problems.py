@@ -86,6 +86,10 @@ _KIND_BY_REASON: dict[str, ProblemKind] = {
     Reason.RUN_FINISHED: RUN_FINISHED,
     Reason.RUN_NOT_RETRYABLE: RUN_NOT_RETRYABLE,
     Reason.UNAUTHENTICATED: UNAUTHENTICATED,
+    # chat_service rejected the gateway's own service credential: a
+    # configuration error of the deployment, not of the client.
+    Reason.SERVICE_UNAUTHENTICATED: INTERNAL,
+    Reason.PERMISSION_DENIED: INTERNAL,
     Reason.RATE_LIMITED: RATE_LIMITED,
     Reason.DATABASE_UNAVAILABLE: UNAVAILABLE,
 }
@@ -168,7 +172,9 @@ def problem_for_rpc_error(error: grpc.RpcError) -> ProblemError:
     )
     headers: dict[str, str] = {}
     if kind is UNAUTHENTICATED:
-        return unauthenticated_problem("The API key is invalid or revoked.")
+        return unauthenticated_problem(
+            "The API key or token is invalid, expired or revoked."
+        )
     if kind is RATE_LIMITED:
         headers["Retry-After"] = _retry_after(
             detail.metadata.get(_RETRY_AFTER_METADATA)
@@ -289,7 +295,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _RESPONSE_DESCRIPTIONS = {
-    401: "Missing, invalid or revoked API key.",
+    401: "Missing, invalid, expired or revoked API key or token.",
     404: "No such resource for this user.",
     409: "The request conflicts with the state of the chat or run.",
     413: "Request body too large.",

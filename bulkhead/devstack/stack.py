@@ -36,6 +36,13 @@ from bulkhead.devstack.errors import StackError
 from bulkhead.devstack.nats import NatsServer, jetstream_problem
 from bulkhead.devstack.ports import free_port, port_is_free
 from bulkhead.devstack.process import ManagedProcess, wait_until
+from bulkhead.devstack.tokens import (
+    GATEWAY_TOKEN_ENV,
+    TOKENS_FILE,
+    TOKENS_OF_SERVICE,
+    WORKER_TOKEN_ENV,
+    read_or_create_tokens,
+)
 from bulkhead.healthcheck import is_serving
 
 
@@ -59,6 +66,8 @@ class Stack:
         self.nats_url = self.config.nats_url or ""
         self.instances = self._plan_instances()
         self.processes: dict[str, ManagedProcess] = {}
+        # Service credentials, created at the first start (see devstack.tokens).
+        self.service_tokens: dict[str, str] = {}
         self._started = False
         self._validate()
 
@@ -78,6 +87,7 @@ class Stack:
         try:
             self._check_ports_free()
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.service_tokens = read_or_create_tokens(self.var_dir / TOKENS_FILE)
             self._start_nats()
             self._create_processes()
             if self.config.run_migrations:
@@ -254,6 +264,16 @@ class Stack:
             return addresses[0]
         return "ipv4:" + ",".join(addresses)
 
+    @property
+    def gateway_service_token(self) -> str:
+        """Token that allows ChatService and AuthService calls to chat_service."""
+        return self.service_tokens.get(GATEWAY_TOKEN_ENV, "")
+
+    @property
+    def worker_service_token(self) -> str:
+        """Token that allows RunService calls to chat_service."""
+        return self.service_tokens.get(WORKER_TOKEN_ENV, "")
+
     # --- tools -----------------------------------------------------------
 
     def env_for(
@@ -269,6 +289,9 @@ class Stack:
         env.update(self._shared_env())
         if name is not None:
             env.update(self._listen_env(self._instance(name)))
+        if service is not None:
+            for variable in TOKENS_OF_SERVICE.get(service, ()):
+                env[variable] = self.service_tokens.get(variable, "")
         env.update(self.config.env)
         if service is not None:
             env.update(self.config.service_env.get(service, {}))

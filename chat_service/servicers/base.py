@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 import grpc
 
 from bulkhead.log import bound_context, get_logger
-from bulkhead.rpc import REQUEST_ID_METADATA, USER_ID_METADATA, Reason, build_status
+from bulkhead.rpc import (
+    REQUEST_ID_METADATA,
+    USER_ID_METADATA,
+    USER_ID_PATTERN,
+    Reason,
+    build_status,
+)
 from chat_service.errors import (
     ChatServiceError,
     DatabaseUnavailableError,
@@ -20,7 +26,6 @@ from chat_service.store.database import is_outage
 logger = get_logger(__name__)
 
 T = TypeVar("T")
-MAX_USER_ID_LENGTH = 255
 
 
 def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
@@ -33,7 +38,7 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
 def caller_id(context: grpc.aio.ServicerContext) -> str:
     """Return the user id the gateway put in the metadata, or raise."""
     user_id = metadata_value(context, USER_ID_METADATA)
-    if not user_id or len(user_id) > MAX_USER_ID_LENGTH:
+    if not USER_ID_PATTERN.fullmatch(user_id):
         raise UnauthenticatedError(f"missing or invalid {USER_ID_METADATA} metadata")
     return user_id
 

@@ -17,6 +17,10 @@ from chat_service.errors import InvalidArgumentError, NotFoundError
 from chat_service.store.database import as_utc
 from chat_service.store.tables import chats, messages, model_calls, runs
 
+# A page of messages ends early once its content passes this many characters
+# (at most 4 bytes each in UTF-8), so that a page of long messages stays far
+# below the gRPC message limit; the cursor continues after the last one.
+MAX_PAGE_CHARS = 256_000
 ACTIVE_STATUSES = ("queued", "running")
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
@@ -77,7 +81,7 @@ def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
         values = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         if not isinstance(values, list) or len(values) != len(types):
             raise ValueError("wrong length")
-        return [kind(value) for kind, value in zip(types, values, strict=True)]
+        return [_cursor_value(kind, value) for kind, value in zip(types, values)]
     except (
         ValueError,
         TypeError,
@@ -86,6 +90,23 @@ def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
         orjson.JSONDecodeError,
     ):
         raise InvalidArgumentError("cursor", "malformed pagination cursor") from None
+
+
+def _cursor_value(kind: type, value: Any) -> Any:
+    """Check one decoded cursor value; raise ValueError unless it has ``kind``.
+
+    Integers must fit a signed 64-bit column and a datetime, so that a forged
+    cursor fails here instead of in the database.
+    """
+    if kind is int:
+        if type(value) is not int or not _MIN_CURSOR_INT <= value <= _MAX_CURSOR_INT:
+            raise ValueError("cursor integer out of range")
+        return value
+    if kind is UUID:
+        if not isinstance(value, str):
+            raise ValueError("cursor id is not a string")
+        return UUID(value)
+    return kind(value)
 
 
 async def list_chats(
@@ -143,10 +164,23 @@ async def list_messages(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = encode_cursor([rows[-1].seq, rows[-1].id])
+    page_chars = 0
+    for index, row in enumerate(rows):
+        page_chars += len(row.content)
+        if index and page_chars > MAX_PAGE_CHARS:
+            rows = rows[:index]
+            next_cursor = encode_cursor([rows[-1].seq, rows[-1].id])
+            break
     return rows, next_cursor
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Cursor integers are sequence numbers or microseconds since the epoch; both
+# stay within these bounds (years 1 to 9999 in microseconds, about 2**58).
+_MIN_CURSOR_INT = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_MAX_CURSOR_INT = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // timedelta(
+    microseconds=1
+)
 
 
 def _to_micros(value: datetime) -> int:

@@ -167,3 +167,14 @@ idempotency_keys = Table(
     _timestamp("expires_at"),
     Index("ix_idempotency_keys_expires", "expires_at"),
 )
+
+# Messages each user posted in the current one-minute window (fixed windows,
+# numbered in minutes since the Unix epoch). One row per user: a post in a
+# new window resets the count, so no clean-up is needed.
+message_rate_counters = Table(
+    "message_rate_counters",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("window_minute", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from bulkhead.proto.chat.v1 import chat_service_pb2
 from gateway.auth import CallerDep
@@ -13,6 +12,7 @@ from gateway.deps import ChatStubDep, SettingsDep, resource_id
 from gateway.problems import problem_responses
 from gateway.schemas import TERMINAL_RUN_STATUSES, Run, run_from_proto
 from gateway.sse import SSE_HEADERS, StreamLimits, parse_last_event_id, relay_run_events
+from gateway.stream_limits import LimitedStreamingResponse, StreamLimiter
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -28,7 +28,7 @@ _EVENT_STREAM_RESPONSES: dict[int | str, dict[str, object]] = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     204: {"description": "The run has finished and no event follows Last-Event-ID."},
-    **problem_responses(401, 404, 422, 503),
+    **problem_responses(401, 404, 422, 429, 503),
 }
 
 
@@ -98,6 +98,7 @@ async def retry_run(
     "/{run_id}/events", response_class=Response, responses=_EVENT_STREAM_RESPONSES
 )
 async def stream_run_events(
+    request: Request,
     run_id: RunIdPath,
     caller: CallerDep,
     stub: ChatStubDep,
@@ -134,5 +135,16 @@ async def stream_run_events(
         retry_ms=settings.sse_retry_ms,
     )
     watch = chat_service_pb2.WatchRunRequest(run_id=run_uuid, after_seq=after_seq)
-    body = relay_run_events(stub, watch, caller.metadata, limits)
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    limiter: StreamLimiter = request.app.state.stream_limiter
+    release = limiter.acquire(caller.user_id)
+    try:
+        return LimitedStreamingResponse(
+            relay_run_events(stub, watch, caller.metadata, limits),
+            release=release,
+            write_timeout_s=settings.sse_write_timeout_s,
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    except BaseException:
+        release()
+        raise

@@ -25,6 +25,7 @@ def make_settings(**overrides: object) -> GatewaySettings:
         "max_body_bytes": 2000,
         # Port 9 (discard): nothing listens there on a test machine.
         "chat_service_addr": "127.0.0.1:9",
+        "gateway_service_token": "unit-test-service-token-0123456789",
     }
     values.update(overrides)
     return GatewaySettings(**values)  # type: ignore[arg-type]

@@ -13,6 +13,14 @@ from gateway.routes.chat import parse_wait_preference
 from gateway.sse import parse_last_event_id
 
 
+@pytest.fixture(autouse=True)
+def _service_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GatewaySettings requires a service credential outside development mode.
+    monkeypatch.setenv(
+        "BULKHEAD_GATEWAY_SERVICE_TOKEN", "unit-test-service-token-0123456789"
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "seconds"),
     [
@@ -82,6 +90,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("BULKHEAD_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("BULKHEAD_DEV_MODE", "true")
 
     settings = GatewaySettings()
 
