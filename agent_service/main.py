@@ -13,6 +13,7 @@ from bulkhead.log import configure_logging, get_logger
 from bulkhead.messaging import Topology
 from bulkhead.models import load_catalog
 from bulkhead.rpc import create_channel
+from bulkhead.settings import warn_if_dev_mode
 from bulkhead.worker import RunClient, TaskWorker, WorkerOptions
 from bulkhead.worker.loop import make_worker_id
 
@@ -28,7 +29,11 @@ async def serve(settings: AgentSettings) -> None:
     worker_id = make_worker_id("agent")
     channel = create_channel(settings.chat_service_addr)
     handler = AgentHandler(
-        RunClient(channel, timeout_s=settings.agent_rpc_timeout_s),
+        RunClient(
+            channel,
+            timeout_s=settings.agent_rpc_timeout_s,
+            service_token=settings.worker_service_token.get_secret_value(),
+        ),
         catalog,
         settings,
         worker_id,
@@ -40,6 +45,7 @@ async def serve(settings: AgentSettings) -> None:
         concurrency=settings.agent_concurrency,
         health_listen=settings.agent_health_listen,
         shutdown_grace_s=settings.agent_shutdown_grace_s,
+        heartbeat_s=topology.heartbeat_s,
     )
     worker = TaskWorker(settings, topology, options, handler)
     loop = asyncio.get_running_loop()
@@ -58,4 +64,5 @@ async def serve(settings: AgentSettings) -> None:
 def main() -> None:
     settings = AgentSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    warn_if_dev_mode(settings, logger)
     uvloop.run(serve(settings))

@@ -15,6 +15,11 @@ agent                 30 s       5         every 10 s   run failed ``agent_faile
 executor              30 s       5         every 10 s   run failed ``delivery_exhausted``
 ====================  =========  ========  ===========  ===============================
 
+The ack wait is the ``nats_ack_wait_s`` setting (30 s by default); the
+heartbeat interval is a third of it, at most 10 s. Every service of a
+deployment must use the same value, because the sweeper waits one ack wait
+before it re-schedules a run whose lease expired.
+
 Workers send ``in_progress()`` heartbeats while they hold a task, so a slow
 but healthy model call is never redelivered; a worker that dies stops the
 heartbeats, and the task is redelivered one ack wait later. No back-off list
@@ -50,6 +55,9 @@ logger = get_logger(__name__)
 TASK_ACK_WAIT_S = 30.0
 TASK_MAX_DELIVER = 5
 TASK_HEARTBEAT_S = 10.0
+# A held task gets at least this many heartbeats per ack wait, so that one
+# late heartbeat does not cause a redelivery.
+HEARTBEATS_PER_ACK_WAIT = 3
 TASK_MAX_ACK_PENDING = 1024
 # Tasks carry a run id only; anything bigger is a bug.
 TASK_MAX_MSG_BYTES = 4096
@@ -97,13 +105,20 @@ class Topology:
     subjects: Subjects
     agent_consumer: str = "agent"
     executor_consumer: str = "executor"
+    ack_wait_s: float = TASK_ACK_WAIT_S
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> Topology:
         return cls(
             stream=settings.nats_stream,
             subjects=Subjects(settings.nats_subject_prefix),
+            ack_wait_s=settings.nats_ack_wait_s,
         )
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Seconds between ``in_progress()`` acks of a task a worker holds."""
+        return min(TASK_HEARTBEAT_S, self.ack_wait_s / HEARTBEATS_PER_ACK_WAIT)
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(
@@ -122,7 +137,7 @@ class Topology:
             filter_subject=subject,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=TASK_ACK_WAIT_S,
+            ack_wait=self.ack_wait_s,
             max_deliver=TASK_MAX_DELIVER,
             max_ack_pending=TASK_MAX_ACK_PENDING,
         )
@@ -196,11 +211,13 @@ async def connect_nats(settings: CommonSettings, name: str) -> Client:
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
     }
+    # Credentials for a server with an authorization block (user and
+    # password, or a token); see docs/security.md.
     if settings.nats_user:
         options["user"] = settings.nats_user
-        options["password"] = settings.nats_password or ""
-    if settings.nats_token:
-        options["token"] = settings.nats_token
+        options["password"] = settings.nats_password.get_secret_value()
+    if settings.nats_token.get_secret_value():
+        options["token"] = settings.nats_token.get_secret_value()
     client = await nats.connect(settings.nats_url, **options)  # type: ignore[arg-type]
     return client
 

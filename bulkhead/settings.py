@@ -1,16 +1,68 @@
-"""Settings common to every service, read from ``BULKHEAD_*`` environment variables."""
+"""Settings common to every service, read from ``BULKHEAD_*`` environment variables.
+
+Secrets are :class:`pydantic.SecretStr`, so that they never show in a repr or
+a log record. Outside development mode a service refuses to start with an
+empty secret that it needs, or with a secret that looks like a placeholder.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Upper bound for one gRPC message in either direction. The REST layer caps a
-# message at 32,000 characters (at most 128 KB of UTF-8) and a page of a list
-# at 100 items, so 4 MiB leaves room for a full page of maximum-size messages.
+# user message at 32,000 characters, at most 128 KB of UTF-8. chat_service
+# ends a page of messages, and the history sent with a claim, at 256,000
+# characters (at most 1 MiB), so every response stays below this bound.
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+MIN_SECRET_CHARS = 16
+# Values that people put in example configuration files; compared after
+# lower-casing and removing everything but letters and digits.
+_PLACEHOLDERS = frozenset(
+    {
+        "changeme",
+        "changethis",
+        "default",
+        "dev",
+        "example",
+        "none",
+        "null",
+        "password",
+        "placeholder",
+        "replaceme",
+        "secret",
+        "test",
+        "todo",
+        "token",
+        "xxx",
+    }
+)
+_PLACEHOLDER_PREFIXES = (
+    "changeme",
+    "changethis",
+    "replaceme",
+    "placeholder",
+    "example",
+)
+_NOT_ALPHANUMERIC = re.compile(r"[^a-z0-9]")
+
+
+def secret_problem(value: str) -> str | None:
+    """Return why ``value`` is not acceptable as a secret, or None if it is."""
+    if not value:
+        return "is empty"
+    normalized = _NOT_ALPHANUMERIC.sub("", value.lower())
+    if normalized in _PLACEHOLDERS or normalized.startswith(_PLACEHOLDER_PREFIXES):
+        return "is a placeholder"
+    if len(set(value)) == 1:
+        return "repeats one character"
+    if len(value) < MIN_SECRET_CHARS:
+        return f"is shorter than {MIN_SECRET_CHARS} characters"
+    return None
 
 
 class CommonSettings(BaseSettings):
@@ -18,16 +70,29 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BULKHEAD_", extra="ignore")
 
+    # Secret fields this service cannot run without outside development mode.
+    # Other secret fields are optional, but checked when they are set.
+    required_secrets: ClassVar[tuple[str, ...]] = ()
+
     dev_mode: bool = Field(
         default=False,
-        description="Development mode: relaxes secret checks and logs a warning.",
+        description=(
+            "Development mode: allows empty or placeholder secrets, in which case "
+            "service credentials are not checked. Logged as a warning at start-up."
+        ),
     )
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     nats_url: str = "nats://127.0.0.1:4222"
-    nats_user: str | None = None
-    nats_password: str | None = None
-    nats_token: str | None = None
+    nats_user: str | None = Field(
+        default=None, description="NATS user name; needs nats_password."
+    )
+    nats_password: SecretStr = Field(
+        default=SecretStr(""), description="NATS password of nats_user."
+    )
+    nats_token: SecretStr = Field(
+        default=SecretStr(""), description="NATS authentication token."
+    )
     nats_stream: str = Field(
         default="BULKHEAD_TASKS",
         description="JetStream stream holding the work queues.",
@@ -36,7 +101,78 @@ class CommonSettings(BaseSettings):
         default="bulkhead",
         description="Prefix of every NATS subject, so that stacks can share a server.",
     )
+    nats_ack_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds JetStream waits for a task's ack or heartbeat before "
+        "it redelivers the task; the same value in every service.",
+    )
     chat_service_addr: str = Field(
         default="127.0.0.1:50051",
         description="host:port of chat_service's gRPC server.",
+    )
+    gateway_service_token: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "Service credential of the gateway: allows the ChatService and "
+            "AuthService RPCs of chat_service."
+        ),
+    )
+    worker_service_token: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "Service credential of agents and executors: allows the RunService "
+            "RPCs of chat_service."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        problems = [
+            f"BULKHEAD_{name.upper()} {problem}"
+            for name, problem in self.secret_problems()
+        ]
+        if self.nats_password.get_secret_value() and not self.nats_user:
+            problems.append("BULKHEAD_NATS_PASSWORD is set without BULKHEAD_NATS_USER")
+        if problems and not self.dev_mode:
+            raise ValueError(
+                "; ".join(problems) + ". Set real secrets (for example the output "
+                "of `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                "or BULKHEAD_DEV_MODE=true for local development only."
+            )
+        return self
+
+    def secret_problems(self) -> list[tuple[str, str]]:
+        """Return (field name, problem) for each unacceptable secret setting."""
+        problems = []
+        for name, info in type(self).model_fields.items():
+            if info.annotation is not SecretStr:
+                continue
+            value = getattr(self, name).get_secret_value()
+            if not value and name not in self.required_secrets:
+                continue
+            problem = secret_problem(value)
+            if problem is not None:
+                problems.append((name, problem))
+        return problems
+
+    def dev_mode_warnings(self) -> list[str]:
+        """Describe what development mode relaxes for this service right now."""
+        if not self.dev_mode:
+            return []
+        relaxed = [
+            f"BULKHEAD_{name.upper()} {problem}"
+            for name, problem in self.secret_problems()
+        ]
+        return relaxed or ["no relaxed secret"]
+
+
+def warn_if_dev_mode(settings: CommonSettings, logger: Any) -> None:
+    """Log a WARNING at start-up when development mode is on, naming what it relaxes."""
+    if not settings.dev_mode:
+        return
+    logger.warning(
+        "DEVELOPMENT MODE IS ON: secret checks are relaxed; never run this in "
+        "production (unset BULKHEAD_DEV_MODE)",
+        relaxed=settings.dev_mode_warnings(),
     )

@@ -52,9 +52,15 @@ async def append_events(
     run_id: UUID,
     event_seq: int,
     events: Iterable[tuple[str, dict[str, Any]]],
+    advance_counter: bool = True,
 ) -> list[types_pb2.RunEvent]:
     """Insert events after ``event_seq`` (the run's current counter, read under
-    the run's row lock) and advance the counter. Returns the stored events."""
+    the run's row lock) and return them.
+
+    With ``advance_counter=False`` the caller stores the new counter
+    (``runs.event_seq``, the last returned seq) in its own update of the run,
+    which saves a statement on the hot paths.
+    """
     now = utcnow()
     rows = []
     seq = event_seq
@@ -72,7 +78,10 @@ async def append_events(
     if not rows:
         return []
     await conn.execute(insert(run_events), rows)
-    await conn.execute(update(runs).where(runs.c.id == run_id).values(event_seq=seq))
+    if advance_counter:
+        await conn.execute(
+            update(runs).where(runs.c.id == run_id).values(event_seq=seq)
+        )
     return [to_proto(r["seq"], r["type"], r["data"], now) for r in rows]
 
 

@@ -52,6 +52,14 @@ async def finish_run(
     """Move a locked, active run to a terminal status with its terminal event,
     close its assistant message, and dispatch the next run of the chat."""
     now = utcnow()
+    event = {"status": status, **data}
+    stored = await append_events(
+        conn,
+        run.id,
+        run.event_seq,
+        [(_TERMINAL_EVENT[status], event)],
+        advance_counter=False,
+    )
     await conn.execute(
         update(runs)
         .where(runs.c.id == run.id)
@@ -61,6 +69,7 @@ async def finish_run(
             updated_at=now,
             lease_expires_at=None,
             worker_id=None,
+            event_seq=stored[-1].seq,
             **values,
         )
     )
@@ -70,10 +79,6 @@ async def finish_run(
             .where(messages.c.id == run.assistant_message_id)
             .values(status=_MESSAGE_STATUS[status], updated_at=now)
         )
-    event = {"status": status, **data}
-    stored = await append_events(
-        conn, run.id, run.event_seq, [(_TERMINAL_EVENT[status], event)]
-    )
     effects.add_events(run.id, stored)
     if status == "cancelled":
         effects.cancelled_runs.append(run.id)
@@ -84,6 +89,9 @@ async def dispatch_next(
     conn: AsyncConnection, chat_id: UUID, effects: AfterCommit, topology: Topology
 ) -> UUID | None:
     """Dispatch the oldest waiting run of the chat if no run of it is in flight."""
+    # Most chats have no waiting run: find out without taking the chat lock.
+    if await _oldest_waiting(conn, chat_id) is None:
+        return None
     await lock_chat(conn, chat_id)
     in_flight = (
         await conn.execute(
@@ -98,7 +106,22 @@ async def dispatch_next(
     ).first()
     if in_flight is not None:
         return None
-    waiting = (
+    waiting = await _oldest_waiting(conn, chat_id)
+    if waiting is None:
+        return None
+    now = utcnow()
+    await conn.execute(
+        update(runs)
+        .where(runs.c.id == waiting)
+        .values(dispatched=True, dispatched_at=now, updated_at=now)
+    )
+    await enqueue_task(conn, topology, waiting, "agent")
+    effects.outbox_rows += 1
+    return waiting
+
+
+async def _oldest_waiting(conn: AsyncConnection, chat_id: UUID) -> UUID | None:
+    row = (
         await conn.execute(
             select(runs.c.id)
             .where(
@@ -110,14 +133,4 @@ async def dispatch_next(
             .limit(1)
         )
     ).first()
-    if waiting is None:
-        return None
-    now = utcnow()
-    await conn.execute(
-        update(runs)
-        .where(runs.c.id == waiting.id)
-        .values(dispatched=True, dispatched_at=now, updated_at=now)
-    )
-    await enqueue_task(conn, topology, waiting.id, "agent")
-    effects.outbox_rows += 1
-    return waiting.id
+    return row.id if row else None

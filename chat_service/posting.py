@@ -19,11 +19,12 @@ from bulkhead.messaging import Topology
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.chat.v1 import chat_service_pb2
 from bulkhead.text import find_unstorable
-from chat_service import idempotency
+from chat_service import idempotency, rate_limits
 from chat_service.convert import message_to_proto, run_to_proto
 from chat_service.errors import ChatBusyError, InvalidArgumentError, NotFoundError
 from chat_service.events import AfterCommit
 from chat_service.lifecycle import dispatch_next, finish_run
+from chat_service.outbox import enqueue_task
 from chat_service.store.database import Database, utcnow
 from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
 from chat_service.store.tables import chats, messages, runs
@@ -36,6 +37,7 @@ TITLE_LENGTH = 80
 class PostLimits:
     max_content_chars: int
     idempotency_ttl_s: float
+    max_messages_per_minute: int = 0
 
 
 def validate_request(
@@ -96,13 +98,22 @@ async def post_message(
                 replay.replayed = True
                 return replay, AfterCommit()
 
+        # After the replay check, so that a replayed request is not counted.
+        await rate_limits.count_message(conn, user_id, limits.max_messages_per_minute)
+        new_chat = chat_id is None
         chat_id, seq = await _next_seq(conn, user_id, chat_id, request.content)
-        await _resolve_busy(conn, chat_id, request.on_busy, effects, topology)
-        response = await _insert_message_and_run(
-            conn, user_id, chat_id, seq, model, request
+        busy = not new_chat and await _resolve_busy(
+            conn, chat_id, request.on_busy, effects, topology
         )
-        # Dispatches the new run only if no earlier run of the chat is in flight.
-        await dispatch_next(conn, chat_id, effects, topology)
+        response = await _insert_message_and_run(
+            conn, user_id, chat_id, seq, model, request, dispatched=not busy
+        )
+        if busy:
+            # The new run waits for the chat's active run, whose end dispatches it.
+            await dispatch_next(conn, chat_id, effects, topology)
+        else:
+            await enqueue_task(conn, topology, UUID(response.run.id), "agent")
+            effects.outbox_rows += 1
         if key:
             await idempotency.store_response(
                 conn, user_id, key, response.SerializeToString()
@@ -147,8 +158,9 @@ async def _resolve_busy(
     on_busy: int,
     effects: AfterCommit,
     topology: Topology,
-) -> None:
-    """Apply the on_busy policy to the chat's active runs."""
+) -> bool:
+    """Apply the on_busy policy; return whether an active run remains, so
+    that the new run has to wait for it."""
     active = (
         await conn.execute(
             select(runs)
@@ -158,7 +170,7 @@ async def _resolve_busy(
         )
     ).all()
     if not active:
-        return
+        return False
     if on_busy == chat_service_pb2.ON_BUSY_REJECT:
         raise ChatBusyError("the chat has an active run", run_id=str(active[0].id))
     if on_busy == chat_service_pb2.ON_BUSY_INTERRUPT:
@@ -166,6 +178,8 @@ async def _resolve_busy(
             await finish_run(
                 conn, run, "cancelled", effects, topology, {"reason": "interrupted"}
             )
+        return False
+    return True
 
 
 async def _insert_message_and_run(
@@ -175,6 +189,7 @@ async def _insert_message_and_run(
     seq: int,
     model: str,
     request: chat_service_pb2.PostMessageRequest,
+    dispatched: bool,
 ) -> chat_service_pb2.PostMessageResponse:
     now = utcnow()
     message_id, run_id = uuid.uuid4(), uuid.uuid4()
@@ -198,8 +213,8 @@ async def _insert_message_and_run(
         "assistant_message_id": None,
         "status": "queued",
         "stage": "agent",
-        "dispatched": False,
-        "dispatched_at": None,
+        "dispatched": dispatched,
+        "dispatched_at": now if dispatched else None,
         "model": model,
         "model_used": None,
         "error_code": None,

@@ -118,12 +118,17 @@ async def claim(
     }
     if stage == "executor" and run.assistant_message_id is None:
         values["assistant_message_id"] = await _create_assistant_message(conn, run)
-    await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
     if run.status == "queued":
         stored = await append_events(
-            conn, run.id, run.event_seq, [("run.status", {"status": "running"})]
+            conn,
+            run.id,
+            run.event_seq,
+            [("run.status", {"status": "running"})],
+            advance_counter=False,
         )
+        values["event_seq"] = stored[-1].seq
         effects.add_events(run.id, stored)
+    await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
 
     response.outcome = run_service_pb2.CLAIM_OUTCOME_CLAIMED
     response.attempt = attempt
@@ -190,8 +195,11 @@ async def append_output(
     await _apply_content(conn, run.assistant_message_id, content_ops, now)
     if failed_calls:
         await _insert_calls(conn, run.id, failed_calls)
-    stored = await append_events(conn, run.id, run.event_seq, events)
+    stored = await append_events(
+        conn, run.id, run.event_seq, events, advance_counter=False
+    )
     values: dict[str, Any] = {
+        "event_seq": stored[-1].seq if stored else run.event_seq,
         "output_batch": request.batch,
         "lease_expires_at": now + timedelta(seconds=policy.lease_s),
         "has_output": _has_output(run.has_output, content_ops),
@@ -331,6 +339,13 @@ async def _create_assistant_message(conn: AsyncConnection, run: Any) -> UUID:
     return message_id
 
 
+# Characters of conversation sent with a claim, newest messages first: at
+# most 4 bytes each in UTF-8, so a claim stays under 1 MiB of text, far below
+# the gRPC message limit however long the chat grows. Agents cut the context
+# to their own, smaller budget (BULKHEAD_AGENT_CONTEXT_BUDGET_CHARS).
+MAX_HISTORY_CHARS = 256_000
+
+
 async def _history(
     conn: AsyncConnection, run: Any
 ) -> list[run_service_pb2.ContextMessage]:
@@ -348,14 +363,20 @@ async def _history(
         )
     ).all()
     history = []
-    for row in rows:
+    total_chars = 0
+    # Newest first, so that the cap drops the oldest messages.
+    for row in reversed(rows):
         if row.role == "assistant" and row.status != "completed":
             continue
+        total_chars += len(row.content)
+        if history and total_chars > MAX_HISTORY_CHARS:
+            break
         history.append(
             run_service_pb2.ContextMessage(
                 role=MESSAGE_ROLE[row.role], content=row.content
             )
         )
+    history.reverse()
     return history
 
 
@@ -436,6 +457,25 @@ async def _apply_content(
 
 
 async def _insert_calls(conn: AsyncConnection, run_id: UUID, calls: Any) -> None:
+    """Store model calls, skipping those already stored for the run.
+
+    A failed call arrives twice: as an ``attempt_failed`` output event while
+    the chain goes on, and again in the final CompleteRun or FailRun report,
+    which lists every call of the attempt. (attempt, number) identifies a call.
+    """
+    calls = list(calls)
+    if any(call.outcome != "completed" for call in calls):
+        # Only failed calls can have been stored before; a report of
+        # successful calls alone skips this query.
+        stored = {
+            (row.attempt, row.number)
+            for row in await conn.execute(
+                select(model_calls.c.attempt, model_calls.c.number).where(
+                    model_calls.c.run_id == run_id
+                )
+            )
+        }
+        calls = [c for c in calls if (c.attempt, c.number) not in stored]
     rows = [
         {
             "run_id": run_id,

@@ -25,6 +25,7 @@ from bulkhead.proto.chat.v1 import (
     run_service_pb2_grpc,
 )
 from bulkhead.rpc import HealthServicer, create_server, mark_serving
+from bulkhead.settings import warn_if_dev_mode
 from chat_service import dead_letters
 from chat_service.config import ChatServiceSettings
 from chat_service.context import ServiceContext
@@ -32,6 +33,7 @@ from chat_service.events import EventHub
 from chat_service.outbox import OutboxRelay
 from chat_service.posting import PostLimits
 from chat_service.runs import RunPolicy
+from chat_service.service_auth import ServiceTokenInterceptor
 from chat_service.servicers.auth import AuthServicer
 from chat_service.servicers.chat import ChatServicer
 from chat_service.servicers.runs import RunServicer
@@ -70,6 +72,7 @@ def build_context(settings: ChatServiceSettings) -> ServiceContext:
         limits=PostLimits(
             max_content_chars=MAX_CONTENT_CHARS,
             idempotency_ttl_s=settings.idempotency_ttl_s,
+            max_messages_per_minute=settings.max_messages_per_minute,
         ),
     )
 
@@ -99,10 +102,10 @@ async def _keep_nats(ctx: ServiceContext) -> None:
             logger.warning("jetstream stream set-up failed, retrying", error=str(error))
             await asyncio.sleep(1.0)
 
-    async def on_broadcast(msg: Msg) -> None:
-        ctx.hub.on_broadcast(msg.data)
+    async def on_notice(msg: Msg) -> None:
+        ctx.hub.on_notice(msg.data)
 
-    await nc.subscribe(ctx.topology.subjects.run_events_wildcard, cb=on_broadcast)
+    await nc.subscribe(ctx.topology.subjects.run_events_wildcard, cb=on_notice)
     await dead_letters.listen(ctx, nc)
 
     async def publish(subject: str, payload: bytes) -> None:
@@ -124,8 +127,11 @@ async def _report_nats_health(ctx: ServiceContext, health: HealthServicer) -> No
 
 
 async def serve(settings: ChatServiceSettings) -> None:
+    warn_if_dev_mode(settings, logger)
     ctx = build_context(settings)
-    server, health = create_server(SERVICE_NAMES)
+    server, health = create_server(
+        SERVICE_NAMES, interceptors=[ServiceTokenInterceptor.from_settings(settings)]
+    )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(ctx), server)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(ctx), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(ctx), server)

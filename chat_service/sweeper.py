@@ -1,9 +1,10 @@
 """Recovery loop: finds runs that nobody is working on and puts them back.
 
-- A run whose lease expired more than ``REQUEUE_GRACE_S`` ago is scheduled
-  again for its stage (JetStream normally redelivers its task first, one ack
-  wait after the worker died; the sweeper covers a task that was lost). When
-  the run has used all its attempts it fails with ``lease_expired``.
+- A run whose lease expired more than one ack wait plus ``REQUEUE_MARGIN_S``
+  ago is scheduled again for its stage (JetStream normally redelivers its
+  task first, one ack wait after the worker died; the sweeper covers a task
+  that was lost). When the run has used all its attempts it fails with
+  ``lease_expired``.
 - A dispatched run that nobody claimed within ``redispatch_after_s`` gets
   its task published again (a NATS server that crashed before syncing its
   store can lose a task it had acknowledged).
@@ -22,7 +23,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.log import get_logger
-from bulkhead.messaging import TASK_ACK_WAIT_S, Topology
+from bulkhead.messaging import Topology
 from chat_service import idempotency
 from chat_service.events import AfterCommit, OnCommit
 from chat_service.lifecycle import finish_run
@@ -36,7 +37,9 @@ logger = get_logger(__name__)
 
 # Arbitrary constant naming the sweeper's advisory lock.
 SWEEPER_LOCK_ID = 0x42554C4B
-REQUEUE_GRACE_S = TASK_ACK_WAIT_S + 5.0
+# Margin after one ack wait before the sweeper re-schedules a run whose lease
+# expired, so that JetStream's own redelivery normally comes first.
+REQUEUE_MARGIN_S = 5.0
 BATCH = 100
 
 
@@ -99,7 +102,8 @@ class Sweeper:
     async def _recover_leases(
         self, conn: AsyncConnection, effects: AfterCommit
     ) -> None:
-        cutoff = utcnow() - timedelta(seconds=REQUEUE_GRACE_S)
+        grace_s = self._topology.ack_wait_s + REQUEUE_MARGIN_S
+        cutoff = utcnow() - timedelta(seconds=grace_s)
         expired = (
             await conn.execute(
                 select(runs)

@@ -12,6 +12,7 @@ from bulkhead.log import configure_logging, get_logger
 from bulkhead.messaging import Topology
 from bulkhead.models import load_catalog
 from bulkhead.rpc import create_channel
+from bulkhead.settings import warn_if_dev_mode
 from bulkhead.worker import RunClient, TaskWorker, WorkerOptions
 from bulkhead.worker.loop import make_worker_id
 from executor_service.config import ExecutorSettings
@@ -31,7 +32,11 @@ async def serve(settings: ExecutorSettings) -> None:
     channel = create_channel(settings.chat_service_addr)
     providers = default_providers()
     handler = ExecutorHandler(
-        RunClient(channel, timeout_s=settings.executor_rpc_timeout_s),
+        RunClient(
+            channel,
+            timeout_s=settings.executor_rpc_timeout_s,
+            service_token=settings.worker_service_token.get_secret_value(),
+        ),
         catalog,
         providers,
         settings,
@@ -52,6 +57,7 @@ async def serve(settings: ExecutorSettings) -> None:
         concurrency=settings.executor_concurrency,
         health_listen=settings.executor_health_listen,
         shutdown_grace_s=settings.executor_shutdown_grace_s,
+        heartbeat_s=topology.heartbeat_s,
     )
     worker = TaskWorker(
         settings, topology, options, handler, on_connected=subscribe_cancel_notices
@@ -72,4 +78,5 @@ async def serve(settings: ExecutorSettings) -> None:
 def main() -> None:
     settings = ExecutorSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    warn_if_dev_mode(settings, logger)
     uvloop.run(serve(settings))

@@ -82,7 +82,7 @@ class ExecutorHandler:
         except RunLostError as error:
             logger.info("run not claimable, skipping", reason=error.reason)
             return Outcome.ack(error.reason)
-        skip = skip_outcome(claim)
+        skip = skip_outcome(claim, task.is_last_delivery)
         if skip is not None:
             return skip
 

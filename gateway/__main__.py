@@ -8,6 +8,8 @@ Scale by running more processes behind a load balancer.
 from __future__ import annotations
 
 import importlib.util
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -16,7 +18,16 @@ from gateway.app import create_app
 from gateway.config import GatewaySettings
 
 
+def _exit_after_shutdown(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main() -> None:
+    # uvicorn 0.54 handles SIGTERM with a graceful shutdown, then restores the
+    # previous handler and raises the signal again (Server.capture_signals).
+    # With the default handler the process would end killed by SIGTERM; this
+    # one turns the finished shutdown into exit status 0.
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_format)
     # httptools parses HTTP faster than h11 but is an optional extra of uvicorn.

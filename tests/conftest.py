@@ -41,6 +41,9 @@ from tests.support.postgres import (
 )
 from tests.support.streams import delete_stream
 
+# Fixtures of the failure and recovery tests (fake models, recovery stacks).
+pytest_plugins = ["tests.support.model_stacks"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"

@@ -20,7 +20,7 @@ from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
 from bulkhead.proto.chat.v1 import run_service_pb2_grpc as run_grpc
 from bulkhead.proto.chat.v1 import types_pb2
-from bulkhead.rpc import Reason, from_timestamp, parse_error
+from bulkhead.rpc import Reason, from_timestamp, parse_error, service_metadata
 from bulkhead.worker.loop import Outcome, Task
 
 logger = get_logger(__name__)
@@ -46,10 +46,15 @@ class RunClient:
     """RunService calls with a deadline each and lost-run errors mapped."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+        self,
+        channel: grpc.aio.Channel,
+        timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        service_token: str = "",
     ) -> None:
         self._stub = run_grpc.RunServiceStub(channel)
         self._timeout_s = timeout_s
+        # The worker's service credential, sent with every call.
+        self._metadata = service_metadata(service_token)
 
     async def claim(
         self, run_id: str, stage: int, worker_id: str, delivery: int
@@ -120,7 +125,9 @@ class RunClient:
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         try:
-            return await method(request, timeout=self._timeout_s)
+            return await method(
+                request, timeout=self._timeout_s, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as error:
             detail = parse_error(error)
             if (
@@ -188,11 +195,23 @@ async def _renew_forever(
             return
 
 
-def skip_outcome(claim: run_pb.ClaimRunResponse) -> Outcome | None:
-    """Return how to settle a task whose run was not claimed, or None if claimed."""
+def skip_outcome(
+    claim: run_pb.ClaimRunResponse, last_delivery: bool = False
+) -> Outcome | None:
+    """Return how to settle a task whose run was not claimed, or None if claimed.
+
+    A run leased by another attempt is tried again after the lease expires,
+    except on the task's last delivery: a nak there would exhaust the
+    deliveries and fail a run that the other attempt may still finish. The
+    task is acknowledged instead, and if that attempt dies, chat_service's
+    sweeper re-schedules the run once the lease has expired.
+    """
     outcome = claim.outcome
     if outcome == run_pb.CLAIM_OUTCOME_CLAIMED:
         return None
+    if outcome == run_pb.CLAIM_OUTCOME_LEASED and last_delivery:
+        logger.info("run leased by another attempt on the last delivery, skipping")
+        return Outcome.ack("leased on the last delivery")
     if outcome == run_pb.CLAIM_OUTCOME_LEASED:
         delay = lease_wait_s(claim)
         logger.info("run leased by another attempt, retrying later", retry_in_s=delay)

@@ -37,8 +37,13 @@ def create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size // 2,
-        pool_timeout=connect_timeout_s,
-        pool_pre_ping=True,
+        # Waiting for a free connection under load is not an outage: allow
+        # longer than a connect, but less than the gateway's 5 s deadline.
+        pool_timeout=max(connect_timeout_s, 4.0),
+        # No pre-ping: it costs a round trip per transaction. A connection
+        # that fails with a disconnect error makes SQLAlchemy invalidate the
+        # whole pool, so one request sees a database restart, not every one.
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args=connect_args,
     )

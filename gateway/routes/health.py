@@ -20,6 +20,9 @@ from gateway.problems import (
 logger = get_logger(__name__)
 router = APIRouter(tags=["health"])
 
+# chat_service's health entry for its NATS connection (chat_service.server).
+NATS_HEALTH_NAME = "bulkhead.nats"
+
 
 class HealthResponse(BaseModel):
     """The gateway process is up."""
@@ -28,7 +31,14 @@ class HealthResponse(BaseModel):
 
 
 class ReadinessResponse(BaseModel):
-    """The gateway and chat_service can serve requests."""
+    """The gateway and chat_service can serve requests.
+
+    ``checks`` has ``chat_service`` ("ok") and ``nats``: "ok", or
+    "degraded" while chat_service cannot reach NATS. Messages are still
+    accepted then, because chat_service stores them and publishes their
+    tasks once NATS is back, so a degraded NATS does not make the gateway
+    unready.
+    """
 
     status: str = "ready"
     checks: dict[str, str]
@@ -46,33 +56,39 @@ async def healthz() -> HealthResponse:
 async def readyz(
     request: Request, settings: SettingsDep
 ) -> ReadinessResponse | JSONResponse:
-    """Report whether chat_service's gRPC health check returns SERVING."""
+    """Report whether chat_service is SERVING, and whether it reaches NATS."""
     stub: health_pb2_grpc.HealthStub = request.app.state.health_stub
-    check = await _check_chat_service(stub, settings.gateway_readiness_timeout_s)
-    if check == "ok":
-        return ReadinessResponse(checks={"chat_service": check})
-    return problem_response(
-        UNAVAILABLE,
-        f"chat_service is not ready: {check}.",
-        request_id_of(request),
-        headers={"Retry-After": "1"},
-        extra={"checks": {"chat_service": check}},
+    timeout_s = settings.gateway_readiness_timeout_s
+    check = await _check_health(stub, "", timeout_s)
+    if check != "ok":
+        return problem_response(
+            UNAVAILABLE,
+            f"chat_service is not ready: {check}.",
+            request_id_of(request),
+            headers={"Retry-After": "1"},
+            extra={"checks": {"chat_service": check}},
+        )
+    nats = await _check_health(stub, NATS_HEALTH_NAME, timeout_s)
+    return ReadinessResponse(
+        checks={"chat_service": check, "nats": "ok" if nats == "ok" else "degraded"}
     )
 
 
-async def _check_chat_service(
-    stub: health_pb2_grpc.HealthStub, timeout_s: float
+async def _check_health(
+    stub: health_pb2_grpc.HealthStub, service: str, timeout_s: float
 ) -> str:
-    """Return "ok", or the reason chat_service is not ready."""
+    """Return "ok", or the reason the health entry ``service`` is not SERVING."""
     try:
         response = await stub.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
         )
     except grpc.aio.AioRpcError as error:
-        logger.warning("readiness check failed", grpc_code=error.code().name)
+        logger.warning(
+            "readiness check failed", service=service, grpc_code=error.code().name
+        )
         return error.code().name.lower()
     if response.status != health_pb2.HealthCheckResponse.SERVING:
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        logger.warning("readiness check failed", health_status=status)
+        logger.warning("readiness check failed", service=service, health_status=status)
         return status.lower()
     return "ok"

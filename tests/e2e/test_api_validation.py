@@ -82,8 +82,8 @@ async def test_malformed_json_is_422(
 
 @pytest.mark.parametrize(
     "idempotency_key",
-    ["k" * 256, "caf\u00e9", "tab\there", "delete\x7f"],
-    ids=["too-long", "non-ascii", "tab", "delete-character"],
+    ["k" * 256, "caf\u00e9", "tab\there"],
+    ids=["too-long", "non-ascii", "tab"],
 )
 async def test_invalid_idempotency_key_is_422(
     gateway_client: httpx.AsyncClient, api_key, idempotency_key: str
