@@ -190,28 +190,65 @@ async def append_output(
             run_service_pb2.AppendOutputResponse(last_event_seq=run.event_seq)
         )
 
-    events, content_ops, failed_calls = _translate_output(request.events)
     now = utcnow()
-    await _apply_content(conn, run.assistant_message_id, content_ops, now)
-    if failed_calls:
-        await _insert_calls(conn, run.id, failed_calls)
-    stored = await append_events(
-        conn, run.id, run.event_seq, events, advance_counter=False
-    )
-    values: dict[str, Any] = {
-        "event_seq": stored[-1].seq if stored else run.event_seq,
-        "output_batch": request.batch,
-        "lease_expires_at": now + timedelta(seconds=policy.lease_s),
-        "has_output": _has_output(run.has_output, content_ops),
-        "updated_at": now,
-    }
+    stored, values = await _store_output(conn, run, request.batch, request.events)
+    values["lease_expires_at"] = now + timedelta(seconds=policy.lease_s)
+    values["updated_at"] = now
     await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
     effects = AfterCommit()
     effects.add_events(run.id, stored)
-    last_seq = stored[-1].seq if stored else run.event_seq
     return Outcome(
-        run_service_pb2.AppendOutputResponse(last_event_seq=last_seq), effects
+        run_service_pb2.AppendOutputResponse(last_event_seq=values["event_seq"]),
+        effects,
     )
+
+
+async def _store_output(
+    conn: AsyncConnection, run: Any, batch: int, events: Any
+) -> tuple[list[types_pb2.RunEvent], dict[str, Any]]:
+    """Store one output batch of a locked run: message text, failed calls and
+    events. Returns the stored events and the run columns to update."""
+    translated, content_ops, failed_calls = _translate_output(events)
+    await _apply_content(conn, run.assistant_message_id, content_ops, utcnow())
+    if failed_calls:
+        await _insert_calls(conn, run.id, failed_calls)
+    stored = await append_events(
+        conn, run.id, run.event_seq, translated, advance_counter=False
+    )
+    values: dict[str, Any] = {
+        "event_seq": stored[-1].seq if stored else run.event_seq,
+        "output_batch": batch,
+        "has_output": _has_output(run.has_output, content_ops),
+    }
+    return stored, values
+
+
+async def _store_final_output(
+    conn: AsyncConnection, run: Any, batch: int, events: Any, effects: AfterCommit
+) -> tuple[Any, dict[str, Any]]:
+    """Store the output sent with CompleteRun or FailRun, unless that batch was
+    already stored. Returns the run as the finish must see it and the output
+    columns to update with it."""
+    if not events or batch <= run.output_batch:
+        return run, {}
+    stored, values = await _store_output(conn, run, batch, events)
+    effects.add_events(run.id, stored)
+    run = _RunView(run, event_seq=values.pop("event_seq"))
+    return run, values
+
+
+class _RunView:
+    """A run row with some columns replaced, for transitions that store
+    several steps in one transaction."""
+
+    def __init__(self, row: Any, **changes: Any) -> None:
+        self._row = row
+        self._changes = changes
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._changes:
+            return self._changes[name]
+        return getattr(self._row, name)
 
 
 async def renew_lease(
@@ -244,8 +281,11 @@ async def complete(
     _check_attempt(run, request.attempt)
     if run.stage != "executor":
         raise StaleAttemptError("only the executor stage completes a run")
-    await _insert_calls(conn, run.id, request.model_calls)
     effects = AfterCommit()
+    run, output_values = await _store_final_output(
+        conn, run, request.final_batch, request.final_output, effects
+    )
+    await _insert_calls(conn, run.id, request.model_calls)
     usage = request.usage if request.HasField("usage") else None
     data: dict[str, Any] = {
         "model_used": request.model_used,
@@ -268,6 +308,7 @@ async def complete(
         model_used=request.model_used or None,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
+        **output_values,
     )
     return Outcome(run_service_pb2.CompleteRunResponse(), effects)
 
@@ -281,8 +322,11 @@ async def fail(
     _check_attempt(run, request.attempt)
     code = request.error.code or "failed"
     message = sanitize(request.error.message)[:MAX_ERROR_MESSAGE_CHARS]
-    await _insert_calls(conn, run.id, request.model_calls)
     effects = AfterCommit()
+    run, output_values = await _store_final_output(
+        conn, run, request.final_batch, request.final_output, effects
+    )
+    await _insert_calls(conn, run.id, request.model_calls)
     await finish_run(
         conn,
         run,
@@ -292,6 +336,7 @@ async def fail(
         {"error": {"code": code, "message": message}},
         error_code=code[:64],
         error_message=message,
+        **output_values,
     )
     return Outcome(run_service_pb2.FailRunResponse(), effects)
 

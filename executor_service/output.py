@@ -81,6 +81,19 @@ class OutputBatcher:
                     self._send_next_delta_now = True
             await self._send(self._batch, events)
 
+    async def take_pending(self) -> tuple[int, list[run_pb.OutputEvent]]:
+        """Stop the timer and return what is pending as the next batch
+        (number and events) without sending it, so that the caller can send
+        it with its final report. Returns (0, []) when nothing is pending."""
+        await self.aclose()
+        async with self._lock:
+            self._take_text()
+            if not self._events:
+                return 0, []
+            events, self._events = self._events, []
+            self._batch += 1
+            return self._batch, events
+
     async def aclose(self) -> None:
         """Stop the interval timer without sending what is pending."""
         timer, self._timer = self._timer, None

@@ -185,9 +185,15 @@ class RunExecution:
                 policy=handler._policy,
             )
         except ChainExhaustedError as error:
-            await output.flush()
+            final_batch, final_output = await output.take_pending()
             await self._runs.fail(
-                self._run_id, self._attempt, error.code, error.message, error.calls
+                self._run_id,
+                self._attempt,
+                error.code,
+                error.message,
+                error.calls,
+                final_batch=final_batch,
+                final_output=final_output,
             )
             logger.warning(
                 "run failed",
@@ -197,9 +203,15 @@ class RunExecution:
             )
             return Outcome.ack(error.code)
 
-        await output.flush()
+        final_batch, final_output = await output.take_pending()
         await self._runs.complete(
-            self._run_id, self._attempt, result.model_used, result.usage, result.calls
+            self._run_id,
+            self._attempt,
+            result.model_used,
+            result.usage,
+            result.calls,
+            final_batch=final_batch,
+            final_output=final_output,
         )
         logger.info(
             "run completed",

@@ -91,13 +91,19 @@ class RunClient:
         model_used: str,
         usage: types_pb2.Usage,
         model_calls: Iterable[types_pb2.ModelCall],
+        final_batch: int = 0,
+        final_output: Iterable[run_pb.OutputEvent] = (),
     ) -> None:
+        """Complete the run, storing ``final_output`` (batch ``final_batch``,
+        not yet sent) in the same transaction."""
         request = run_pb.CompleteRunRequest(
             run_id=run_id,
             attempt=attempt,
             model_used=model_used,
             usage=usage,
             model_calls=list(model_calls),
+            final_batch=final_batch,
+            final_output=list(final_output),
         )
         await self._call(self._stub.CompleteRun, request)
 
@@ -108,12 +114,17 @@ class RunClient:
         code: str,
         message: str,
         model_calls: Iterable[types_pb2.ModelCall] = (),
+        final_batch: int = 0,
+        final_output: Iterable[run_pb.OutputEvent] = (),
     ) -> None:
+        """Fail the run; ``final_output`` is stored as in :meth:`complete`."""
         request = run_pb.FailRunRequest(
             run_id=run_id,
             attempt=attempt,
             error=types_pb2.RunError(code=code, message=message),
             model_calls=list(model_calls),
+            final_batch=final_batch,
+            final_output=list(final_output),
         )
         await self._call(self._stub.FailRun, request)
 
