@@ -13,7 +13,7 @@ from chat_service.errors import RunFinishedError, RunNotRetryableError
 from chat_service.events import AfterCommit
 from chat_service.lifecycle import dispatch_next, finish_run, lock_chat
 from chat_service.store.database import utcnow
-from chat_service.store.queries import get_run_row, parse_uuid
+from chat_service.store.queries import get_run_row, lock_run_and_chat, parse_uuid
 from chat_service.store.tables import messages, runs
 
 
@@ -24,7 +24,7 @@ async def cancel_run(
 
     Raises RunFinishedError for a completed or failed run.
     """
-    run = await get_run_row(conn, parse_uuid(run_id, "run"), user_id, lock=True)
+    run = await lock_run_and_chat(conn, parse_uuid(run_id, "run"), user_id)
     effects = AfterCommit()
     if run.status == "cancelled":
         return run, effects
@@ -104,7 +104,7 @@ async def fail_abandoned_run(
 ) -> AfterCommit:
     """Fail an active run that no worker can finish; a no-op if it already ended."""
     effects = AfterCommit()
-    run = await get_run_row(conn, run_id, lock=True)
+    run = await lock_run_and_chat(conn, run_id)
     if run.status not in ("queued", "running"):
         return effects
     await finish_run(

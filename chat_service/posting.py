@@ -25,7 +25,8 @@ from chat_service.errors import ChatBusyError, InvalidArgumentError, NotFoundErr
 from chat_service.events import AfterCommit
 from chat_service.lifecycle import dispatch_next, finish_run
 from chat_service.outbox import enqueue_task
-from chat_service.store.database import Database, utcnow
+from chat_service.store.database import Database, retry_on_conflict, utcnow
+from chat_service.store.ids import uuid7
 from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
 from chat_service.store.tables import chats, messages, runs
 
@@ -82,12 +83,31 @@ async def post_message(
     """Store a user message and its run; return the response and post-commit work."""
     model = validate_request(request, catalog, limits)
     chat_id = parse_uuid(request.chat_id, "chat") if request.chat_id else None
-    effects = AfterCommit()
-    key = request.idempotency_key
     fingerprint = idempotency.fingerprint(
         request.content, request.chat_id, request.model, request.on_busy
     )
 
+    async def attempt() -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
+        return await _store(
+            db, topology, limits, user_id, request, chat_id, model, fingerprint
+        )
+
+    return await retry_on_conflict(attempt)
+
+
+async def _store(
+    db: Database,
+    topology: Topology,
+    limits: PostLimits,
+    user_id: str,
+    request: chat_service_pb2.PostMessageRequest,
+    chat_id: UUID | None,
+    model: str,
+    fingerprint: str,
+) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
+    """Run PostMessage's transaction once."""
+    effects = AfterCommit()
+    key = request.idempotency_key
     async with db.transaction() as conn:
         if key:
             claim = await idempotency.claim_key(
@@ -192,7 +212,7 @@ async def _insert_message_and_run(
     dispatched: bool,
 ) -> chat_service_pb2.PostMessageResponse:
     now = utcnow()
-    message_id, run_id = uuid.uuid4(), uuid.uuid4()
+    message_id, run_id = uuid7(), uuid.uuid4()
     message: dict[str, Any] = {
         "id": message_id,
         "chat_id": chat_id,

@@ -8,7 +8,6 @@ changes nothing. All transitions lock the run row first (PostgreSQL
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -31,7 +30,12 @@ from chat_service.events import AfterCommit, append_events
 from chat_service.lifecycle import finish_run
 from chat_service.outbox import enqueue_task
 from chat_service.store.database import as_utc, utcnow
-from chat_service.store.queries import TERMINAL_STATUSES, get_run_row
+from chat_service.store.ids import uuid7
+from chat_service.store.queries import (
+    TERMINAL_STATUSES,
+    get_run_row,
+    lock_run_and_chat,
+)
 from chat_service.store.tables import messages, model_calls, runs
 
 STAGE_NAMES = {
@@ -275,7 +279,7 @@ async def complete(
     request: run_service_pb2.CompleteRunRequest,
     topology: Topology,
 ) -> Outcome:
-    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    run = await lock_run_and_chat(conn, _run_id(request.run_id))
     if run.status == "completed" and run.attempt == request.attempt:
         return Outcome(run_service_pb2.CompleteRunResponse())  # a retried report
     _check_attempt(run, request.attempt)
@@ -316,7 +320,7 @@ async def complete(
 async def fail(
     conn: AsyncConnection, request: run_service_pb2.FailRunRequest, topology: Topology
 ) -> Outcome:
-    run = await get_run_row(conn, _run_id(request.run_id), lock=True)
+    run = await lock_run_and_chat(conn, _run_id(request.run_id))
     if run.status == "failed" and run.attempt == request.attempt:
         return Outcome(run_service_pb2.FailRunResponse())
     _check_attempt(run, request.attempt)
@@ -367,7 +371,7 @@ def _exhausted_message(run: Any) -> str:
 
 async def _create_assistant_message(conn: AsyncConnection, run: Any) -> UUID:
     now = utcnow()
-    message_id = uuid.uuid4()
+    message_id = uuid7()
     await conn.execute(
         insert(messages).values(
             id=message_id,

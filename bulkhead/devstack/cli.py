@@ -116,7 +116,10 @@ def run_up(paths: _Paths, replicas: dict[str, int], echo: bool) -> int:
     if (running := _running_pid(paths.pid_file)) is not None:
         print(f"devstack: a stack is already running (pid {running}); run make down")
         return 1
+    # A closed terminal (SIGHUP) stops the stack like Ctrl-C, so that no
+    # service outlives the runner that make down relies on.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     paths.pid_file.write_text(f"{os.getpid()}\n")
     stack: Stack | None = None
@@ -145,6 +148,7 @@ def run_up(paths: _Paths, replicas: dict[str, int], echo: bool) -> int:
         # still get SIGKILL after the grace period.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if stack is not None:
             stack.stop()
         if follower is not None:

@@ -60,7 +60,7 @@ class ManagedProcess:
         if self.is_running():
             raise StackError(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "ab" if self.starts else "wb"
+        mode = "ab"  # keep the logs of earlier starts: they explain a crash
         with self.log_path.open(mode) as log:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
             log.write(f"--- devstack: starting {self.name} at {stamp}\n".encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -12,8 +13,10 @@ from chat_service import control, posting
 from chat_service.context import ServiceContext
 from chat_service.convert import chat_to_proto, message_to_proto, run_to_proto
 from chat_service.errors import InvalidArgumentError
+from chat_service.events import AfterCommit
 from chat_service.servicers.base import caller_id, streaming, unary
 from chat_service.store import queries
+from chat_service.store.database import retry_on_conflict
 from chat_service.watch import wait_for_terminal, watch_events
 
 MAX_PAGE = 100
@@ -111,11 +114,16 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> chat_service_pb2.CancelRunResponse:
         user_id = caller_id(context)
         bind_context(user_id=user_id, run_id=request.run_id)
-        async with self._ctx.db.transaction() as conn:
-            row, effects = await control.cancel_run(
-                conn, user_id, request.run_id, self._ctx.topology
-            )
-            assistant, calls = await queries.load_run_details(conn, row)
+
+        async def attempt() -> tuple[Any, Any, Any, AfterCommit]:
+            async with self._ctx.db.transaction() as conn:
+                row, effects = await control.cancel_run(
+                    conn, user_id, request.run_id, self._ctx.topology
+                )
+                assistant, calls = await queries.load_run_details(conn, row)
+            return row, assistant, calls, effects
+
+        row, assistant, calls, effects = await retry_on_conflict(attempt)
         await self._ctx.after_commit(effects)
         return chat_service_pb2.CancelRunResponse(
             run=run_to_proto(row, assistant, calls)
@@ -129,10 +137,14 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> chat_service_pb2.RetryRunResponse:
         user_id = caller_id(context)
         bind_context(user_id=user_id, run_id=request.run_id)
-        async with self._ctx.db.transaction() as conn:
-            row, effects = await control.retry_run(
-                conn, user_id, request.run_id, self._ctx.topology
-            )
+
+        async def attempt() -> tuple[Any, AfterCommit]:
+            async with self._ctx.db.transaction() as conn:
+                return await control.retry_run(
+                    conn, user_id, request.run_id, self._ctx.topology
+                )
+
+        row, effects = await retry_on_conflict(attempt)
         await self._ctx.after_commit(effects)
         return chat_service_pb2.RetryRunResponse(run=run_to_proto(row))
 

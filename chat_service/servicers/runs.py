@@ -13,6 +13,7 @@ from bulkhead.proto.chat.v1 import run_service_pb2, run_service_pb2_grpc
 from chat_service import runs
 from chat_service.context import ServiceContext
 from chat_service.servicers.base import unary
+from chat_service.store.database import retry_on_conflict
 
 logger = get_logger(__name__)
 
@@ -24,8 +25,11 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self._ctx = ctx
 
     async def _transition(self, transition: Transition) -> Any:
-        async with self._ctx.db.transaction() as conn:
-            outcome = await transition(conn)
+        async def attempt() -> runs.Outcome:
+            async with self._ctx.db.transaction() as conn:
+                return await transition(conn)
+
+        outcome = await retry_on_conflict(attempt)
         await self._ctx.after_commit(outcome.effects)
         return outcome.response
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bulkhead.log import get_logger
 from chat_service.errors import DatabaseUnavailableError
 from chat_service.store.engine import create_engine, is_sqlite
 
@@ -25,6 +27,39 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+# PostgreSQL aborts one transaction of a deadlock (40P01) or of a
+# serialization conflict (40001); running it again is the documented remedy.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+CONFLICT_ATTEMPTS = 3
+
+T = TypeVar("T")
+logger = get_logger(__name__)
+
+
+def is_conflict(error: BaseException) -> bool:
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return code in _CONFLICT_SQLSTATES
+
+
+async def retry_on_conflict(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run ``operation`` (which opens its own transaction) again when
+    PostgreSQL aborted it as a deadlock or serialization victim."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return await operation()
+        except sa_exc.DBAPIError as error:
+            if not is_conflict(error) or attempt == CONFLICT_ATTEMPTS:
+                raise
+            logger.warning(
+                "transaction aborted by a lock conflict, retrying",
+                attempt=attempt,
+                error=str(error.orig),
+            )
+    raise AssertionError("unreachable")
 
 
 def utcnow() -> datetime:

@@ -48,6 +48,28 @@ async def get_run_row(
     return row
 
 
+async def lock_run_and_chat(
+    conn: AsyncConnection, run_id: UUID, user_id: str | None = None
+) -> Any:
+    """Lock the run's chat row, then the run row, and return the run.
+
+    Every transaction that can end a run takes the locks in this order, the
+    same as PostMessage (chat, then the chat's active runs); the other order
+    deadlocks on PostgreSQL when a message is posted into a chat whose run
+    is finishing. Raises NotFoundError like :func:`get_run_row`.
+    """
+    query = select(runs.c.chat_id).where(runs.c.id == run_id)
+    if user_id is not None:
+        query = query.where(runs.c.user_id == user_id)
+    chat_id = (await conn.execute(query)).scalar()
+    if chat_id is None:
+        raise NotFoundError("run not found")
+    await conn.execute(
+        select(chats.c.id).where(chats.c.id == chat_id).with_for_update()
+    )
+    return await get_run_row(conn, run_id, user_id, lock=True)
+
+
 async def load_run_details(
     conn: AsyncConnection, run: Any
 ) -> tuple[Any | None, Sequence[Any]]:

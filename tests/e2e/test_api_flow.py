@@ -295,3 +295,37 @@ async def test_client_disconnect_keeps_run(
 
     run = await wait_for_run(gateway_client, key, run_id)
     assert run["status"] == "completed"
+
+
+async def test_rapid_follow_ups_all_accepted(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+    first = (await post_chat(gateway_client, key, "follow-up 0")).json()
+    chat_id = first["chat_id"]
+
+    # Posting while earlier runs of the chat finish takes the chat and run
+    # locks from both sides at once; every post must still be accepted.
+    posted = [first]
+    for wave in range(4):
+        responses = await asyncio.gather(
+            *(
+                post_chat(gateway_client, key, f"follow-up {wave}-{n}", chat_id=chat_id)
+                for n in range(4)
+            )
+        )
+        assert [r.status_code for r in responses] == [202] * 4
+        posted += [r.json() for r in responses]
+        await asyncio.sleep(0.05)
+
+    for body in posted:
+        run = await wait_for_run(gateway_client, key, body["run"]["id"], timeout=60)
+        assert run["status"] == "completed"
+    listing = await gateway_client.get(
+        f"/api/chats/{chat_id}/messages", params={"limit": 100}, headers=auth(key)
+    )
+    items = listing.json()["items"]
+    assert len(items) == 2 * len(posted)
+    assert [m["role"] for m in items] == ["user", "assistant"] * len(posted)
+    for user, assistant in zip(items[::2], items[1::2], strict=True):
+        assert assistant["content"] == ECHO_PREFIX + user["content"]
