@@ -27,7 +27,7 @@ async def serve(settings: AgentSettings) -> None:
     catalog = load_catalog(settings.models_file)
     topology = Topology.from_settings(settings)
     worker_id = make_worker_id("agent")
-    channel = create_channel(settings.chat_service_addr)
+    channel = create_channel(settings.chat_service_addr, settings.grpc_tls())
     handler = AgentHandler(
         RunClient(
             channel,
@@ -44,6 +44,7 @@ async def serve(settings: AgentSettings) -> None:
         subject=topology.subjects.agent_tasks,
         concurrency=settings.agent_concurrency,
         health_listen=settings.agent_health_listen,
+        health_tls=settings.grpc_tls(),
         shutdown_grace_s=settings.agent_shutdown_grace_s,
         heartbeat_s=topology.heartbeat_s,
     )

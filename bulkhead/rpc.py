@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from bulkhead.settings import GRPC_MAX_MESSAGE_BYTES
+from bulkhead.tls import GrpcTls
 
 USER_ID_METADATA = "x-bulkhead-user-id"
 # A user id: 1 to 255 printable ASCII characters without spaces, because gRPC
@@ -210,8 +211,20 @@ def service_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((SERVICE_TOKEN_METADATA, f"Bearer {token}"),)
 
 
-def create_channel(address: str) -> grpc.aio.Channel:
-    """Open an insecure channel with retries for the safe methods.
+def add_port(server: grpc.aio.Server, address: str, tls: GrpcTls | None = None) -> int:
+    """Bind ``address``, with TLS when ``tls`` has a server certificate.
+
+    Returns the bound port (0 when binding failed, as grpcio does).
+    """
+    credentials = tls.server_credentials() if tls else None
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
+
+
+def create_channel(address: str, tls: GrpcTls | None = None) -> grpc.aio.Channel:
+    """Open a channel with retries for the safe methods, with TLS when ``tls``
+    has a CA file, else plaintext.
 
     Call it inside the running event loop: aio channels belong to the loop
     that created them.
@@ -228,6 +241,9 @@ def create_channel(address: str) -> grpc.aio.Channel:
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
+    credentials = tls.channel_credentials() if tls else None
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)
 
 

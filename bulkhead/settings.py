@@ -8,10 +8,13 @@ empty secret that it needs, or with a secret that looks like a placeholder.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bulkhead.tls import GrpcTls
 
 # Upper bound for one gRPC message in either direction. The REST layer caps a
 # user message at 32,000 characters, at most 128 KB of UTF-8. chat_service
@@ -111,6 +114,23 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1:50051",
         description="host:port of chat_service's gRPC server.",
     )
+    grpc_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate this service presents: as a gRPC server, "
+        "and as a client when the server requires client certificates.",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of grpc_tls_cert_file."
+    )
+    grpc_tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates: clients verify servers against them "
+        "(and use TLS only when this is set); servers verify client "
+        "certificates against them when grpc_tls_require_client_cert is set.",
+    )
+    grpc_tls_require_client_cert: bool = Field(
+        default=False, description="Servers require client certificates (mTLS)."
+    )
     gateway_service_token: SecretStr = Field(
         default=SecretStr(""),
         description=(
@@ -127,6 +147,21 @@ class CommonSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        # A half-configured TLS set-up is an error even in development mode:
+        # it would silently fall back to plaintext.
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError(
+                "BULKHEAD_GRPC_TLS_CERT_FILE and BULKHEAD_GRPC_TLS_KEY_FILE "
+                "must be set together"
+            )
+        if self.grpc_tls_require_client_cert and self.grpc_tls_ca_file is None:
+            raise ValueError(
+                "BULKHEAD_GRPC_TLS_REQUIRE_CLIENT_CERT needs BULKHEAD_GRPC_TLS_CA_FILE"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_secrets(self) -> Self:
         problems = [
             f"BULKHEAD_{name.upper()} {problem}"
@@ -141,6 +176,15 @@ class CommonSettings(BaseSettings):
                 "or BULKHEAD_DEV_MODE=true for local development only."
             )
         return self
+
+    def grpc_tls(self) -> GrpcTls:
+        """The TLS files for this service's gRPC servers and channels."""
+        return GrpcTls(
+            cert_file=self.grpc_tls_cert_file,
+            key_file=self.grpc_tls_key_file,
+            ca_file=self.grpc_tls_ca_file,
+            require_client_cert=self.grpc_tls_require_client_cert,
+        )
 
     def secret_problems(self) -> list[tuple[str, str]]:
         """Return (field name, problem) for each unacceptable secret setting."""

@@ -24,7 +24,7 @@ from bulkhead.proto.chat.v1 import (
     chat_service_pb2_grpc,
     run_service_pb2_grpc,
 )
-from bulkhead.rpc import HealthServicer, create_server, mark_serving
+from bulkhead.rpc import HealthServicer, add_port, create_server, mark_serving
 from bulkhead.settings import warn_if_dev_mode
 from chat_service import dead_letters
 from chat_service.config import ChatServiceSettings
@@ -135,7 +135,7 @@ async def serve(settings: ChatServiceSettings) -> None:
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(ctx), server)
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(ctx), server)
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(ctx), server)
-    port = server.add_insecure_port(settings.chat_service_listen)
+    port = add_port(server, settings.chat_service_listen, settings.grpc_tls())
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.chat_service_listen}")
 

@@ -29,7 +29,7 @@ async def serve(settings: ExecutorSettings) -> None:
     catalog = load_catalog(settings.models_file)
     topology = Topology.from_settings(settings)
     worker_id = make_worker_id("executor")
-    channel = create_channel(settings.chat_service_addr)
+    channel = create_channel(settings.chat_service_addr, settings.grpc_tls())
     providers = default_providers()
     handler = ExecutorHandler(
         RunClient(
@@ -56,6 +56,7 @@ async def serve(settings: ExecutorSettings) -> None:
         subject=topology.subjects.executor_tasks,
         concurrency=settings.executor_concurrency,
         health_listen=settings.executor_health_listen,
+        health_tls=settings.grpc_tls(),
         shutdown_grace_s=settings.executor_shutdown_grace_s,
         heartbeat_s=topology.heartbeat_s,
     )

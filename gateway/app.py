@@ -87,7 +87,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     warn_if_dev_mode(settings, logger)
     jwt_config = settings.jwt_config()
-    channel = create_channel(settings.chat_service_addr)
+    channel = create_channel(settings.chat_service_addr, settings.grpc_tls())
     app.state.service_metadata = service_metadata(
         settings.gateway_service_token.get_secret_value()
     )

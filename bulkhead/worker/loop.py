@@ -43,8 +43,9 @@ from bulkhead.messaging import (
     ensure_consumer,
     ensure_stream,
 )
-from bulkhead.rpc import create_server, mark_serving
+from bulkhead.rpc import add_port, create_server, mark_serving
 from bulkhead.settings import CommonSettings
+from bulkhead.tls import GrpcTls
 from bulkhead.worker.backoff import full_jitter_delay
 
 logger = get_logger(__name__)
@@ -128,6 +129,7 @@ class WorkerOptions:
         concurrency: Maximum number of tasks handled at once.
         health_listen: host:port of the health and reflection gRPC server;
             empty to run without one.
+        health_tls: TLS files for that server; plaintext when None.
         shutdown_grace_s: Seconds in-flight tasks get to finish on shutdown.
         heartbeat_s: Seconds between ``in_progress()`` acks of a held task.
         fetch_timeout_s: Seconds one fetch waits for messages; also bounds
@@ -141,6 +143,7 @@ class WorkerOptions:
     subject: str
     concurrency: int
     health_listen: str = ""
+    health_tls: GrpcTls | None = None
     shutdown_grace_s: float = 20.0
     heartbeat_s: float = TASK_HEARTBEAT_S
     fetch_timeout_s: float = 1.0
@@ -275,7 +278,7 @@ class TaskWorker:
         if not self._options.health_listen:
             return None
         server, servicer = create_server([])
-        port = server.add_insecure_port(self._options.health_listen)
+        port = add_port(server, self._options.health_listen, self._options.health_tls)
         if port == 0:
             raise RuntimeError(
                 f"cannot listen on {self._options.health_listen} for the health server"
