@@ -201,16 +201,18 @@ def stack_factory(
             "env": {"BULKHEAD_DEV_MODE": "true"},
         }
         settings.update(config)
-        stack = Stack(StackConfig(**settings))
-        started.append(stack)
         problem = None
-        try:
-            stack.start()
-        except StackError as error:
-            problem = str(error)
-        if problem is not None:
-            pytest.fail(f"the Bulkhead stack did not start: {problem}", pytrace=False)
-        return stack
+        # A second try with fresh ports: another process on this machine can
+        # take a free port between the moment it is chosen and its use.
+        for _ in range(2):
+            stack = Stack(StackConfig(**settings))
+            started.append(stack)
+            try:
+                return stack.start()
+            except StackError as error:
+                problem = str(error)
+                stack.stop()
+        pytest.fail(f"the Bulkhead stack did not start: {problem}", pytrace=False)
 
     yield _start
     for stack in reversed(started):
