@@ -3,7 +3,7 @@
 Work (one task per run and stage) goes through a JetStream stream with
 work-queue retention: a message is removed once a worker acknowledges it.
 Run events and cancel notices use core NATS, because they are wake-up
-signals: the database holds the events, and a lost notice costs at most one
+signals: the database contains the events, and a lost notice costs at most one
 poll interval.
 
 Stream ``BULKHEAD_TASKS`` (name and subject prefix come from settings):
@@ -175,7 +175,7 @@ async def connect_nats(settings: CommonSettings, name: str) -> Client:
     """Connect to NATS, reconnecting forever and logging connection changes.
 
     With ``max_reconnect_attempts=-1``, nats-py 2.16 also retries the first
-    connection inside this call, so it returns only once a server answered.
+    connection inside this call, so it returns only once a server accepted the connection.
     Repeated connection errors are logged once, then every 60th time.
     """
     errors = 0

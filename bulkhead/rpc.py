@@ -98,7 +98,7 @@ class FieldViolation:
 
 @dataclass
 class RpcErrorDetail:
-    """What a client needs from a failed call: code, reason and detail texts."""
+    """Code, ErrorInfo reason and field violations of a failed call."""
 
     code: grpc.StatusCode
     message: str

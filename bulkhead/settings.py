@@ -178,7 +178,7 @@ class CommonSettings(BaseSettings):
         return self
 
     def grpc_tls(self) -> GrpcTls:
-        """The TLS files for this service's gRPC servers and channels."""
+        """Return the TLS files for this service's gRPC servers and channels."""
         return GrpcTls(
             cert_file=self.grpc_tls_cert_file,
             key_file=self.grpc_tls_key_file,

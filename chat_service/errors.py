@@ -42,7 +42,7 @@ class UnauthenticatedError(ChatServiceError):
 
 
 class NotFoundError(ChatServiceError):
-    """A chat or run does not exist or belongs to another user (never told apart)."""
+    """A chat or run does not exist or belongs to another user (the two are not distinguished)."""
 
     code = grpc.StatusCode.NOT_FOUND
     reason = Reason.NOT_FOUND
@@ -76,7 +76,7 @@ class StaleAttemptError(ChatServiceError):
 
 
 class RateLimitedError(ChatServiceError):
-    """The user exceeded a rate limit; ``retry_after_s`` metadata says when to retry."""
+    """The user exceeded a rate limit. ``retry_after_s`` metadata gives the wait."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = Reason.RATE_LIMITED

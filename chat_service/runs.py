@@ -398,7 +398,7 @@ MAX_HISTORY_CHARS = 256_000
 async def _history(
     conn: AsyncConnection, run: Any
 ) -> list[run_service_pb2.ContextMessage]:
-    """The chat's user messages and completed answers up to the run's message."""
+    """The chat's user messages and completed assistant messages up to the run's message."""
     rows = (
         await conn.execute(
             select(
@@ -474,7 +474,7 @@ def _translate_output(
 
 
 def _has_output(had_output: bool, ops: list[tuple[str, str]]) -> bool:
-    """Whether the assistant message holds text after applying ``ops``."""
+    """Whether the assistant message contains text after applying ``ops``."""
     if any(kind == "reset" for kind, _ in ops):
         return any(text for _, text in _after_last_reset(ops))
     return had_output or any(text for _, text in ops)

@@ -1,6 +1,6 @@
 """Walk a plan's model chain: call, retry with back-off, fall back, report.
 
-This module knows nothing of NATS or gRPC: output goes to an
+This module does not depend on NATS or gRPC: output goes to an
 :class:`OutputSink`, and the result is returned or raised, so the whole
 retry and fallback policy is testable against a fake model server.
 """
@@ -39,7 +39,7 @@ _ROLES = {
 
 
 class OutputSink(Protocol):
-    """Where the chain sends what the client sees."""
+    """Destination of the output that clients receive."""
 
     async def delta(self, text: str) -> None:
         """Send model text; the sink may batch it."""

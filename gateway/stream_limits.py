@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from bulkhead.log import get_logger
 from gateway.problems import RATE_LIMITED, ProblemError
 
-# Streams end at unpredictable times, so Retry-After asks the client to wait
+# Streams end at unpredictable times, so Retry-After requests that the client wait
 # a few seconds before it tries again.
 STREAM_LIMIT_RETRY_AFTER_S = 5
 

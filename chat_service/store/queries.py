@@ -54,7 +54,7 @@ async def lock_run_and_chat(
     """Lock the run's chat row, then the run row, and return the run.
 
     Every transaction that can end a run takes the locks in this order, the
-    same as PostMessage (chat, then the chat's active runs); the other order
+    same as PostMessage (chat, then the chat's active runs). The other order
     deadlocks on PostgreSQL when a message is posted into a chat whose run
     is finishing. Raises NotFoundError like :func:`get_run_row`.
     """
