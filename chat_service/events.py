@@ -21,16 +21,18 @@ from uuid import UUID, uuid4
 
 import orjson
 from google.protobuf.message import DecodeError
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import types_pb2
 from bulkhead.rpc import to_timestamp
 from chat_service.store.database import as_utc, utcnow
-from chat_service.store.tables import run_events, runs
+from chat_service.store.queries import update_run
+from chat_service.store.tables import run_events
 
 logger = get_logger(__name__)
+_INSERT_EVENTS = insert(run_events)
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
@@ -77,11 +79,9 @@ async def append_events(
         )
     if not rows:
         return []
-    await conn.execute(insert(run_events), rows)
+    await conn.execute(_INSERT_EVENTS, rows)
     if advance_counter:
-        await conn.execute(
-            update(runs).where(runs.c.id == run_id).values(event_seq=seq)
-        )
+        await update_run(conn, run_id, {"event_seq": seq})
     return [to_proto(r["seq"], r["type"], r["data"], now) for r in rows]
 
 

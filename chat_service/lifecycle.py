@@ -18,7 +18,7 @@ from bulkhead.messaging import Topology
 from chat_service.events import AfterCommit, append_events
 from chat_service.outbox import enqueue_task
 from chat_service.store.database import utcnow
-from chat_service.store.queries import ACTIVE_STATUSES
+from chat_service.store.queries import ACTIVE_STATUSES, update_run
 from chat_service.store.tables import chats, messages, runs
 
 _TERMINAL_EVENT = {
@@ -60,18 +60,18 @@ async def finish_run(
         [(_TERMINAL_EVENT[status], event)],
         advance_counter=False,
     )
-    await conn.execute(
-        update(runs)
-        .where(runs.c.id == run.id)
-        .values(
-            status=status,
-            finished_at=now,
-            updated_at=now,
-            lease_expires_at=None,
-            worker_id=None,
-            event_seq=stored[-1].seq,
+    await update_run(
+        conn,
+        run.id,
+        {
+            "status": status,
+            "finished_at": now,
+            "updated_at": now,
+            "lease_expires_at": None,
+            "worker_id": None,
+            "event_seq": stored[-1].seq,
             **values,
-        )
+        },
     )
     if run.assistant_message_id is not None:
         await conn.execute(
@@ -110,10 +110,8 @@ async def dispatch_next(
     if waiting is None:
         return None
     now = utcnow()
-    await conn.execute(
-        update(runs)
-        .where(runs.c.id == waiting)
-        .values(dispatched=True, dispatched_at=now, updated_at=now)
+    await update_run(
+        conn, waiting, {"dispatched": True, "dispatched_at": now, "updated_at": now}
     )
     await enqueue_task(conn, topology, waiting, "agent")
     effects.outbox_rows += 1

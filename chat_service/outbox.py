@@ -29,26 +29,31 @@ from chat_service.store.tables import outbox
 logger = get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 2.0
+_INSERT_OUTBOX = insert(outbox)
 
 
-async def enqueue_task(
-    conn: AsyncConnection, topology: Topology, run_id: UUID, stage: str
-) -> None:
-    """Insert the outbox row that schedules ``stage`` ("agent" or "executor")."""
+def outbox_row(topology: Topology, run_id: UUID, stage: str) -> dict[str, Any]:
+    """Column values of the outbox row that schedules ``stage`` ("agent" or
+    "executor") for a run."""
     if stage == "agent":
         subject = topology.subjects.agent_tasks
         payload = agent_pb2.AgentTask(run_id=str(run_id)).SerializeToString()
     else:
         subject = topology.subjects.executor_tasks
         payload = executor_pb2.ExecutorTask(run_id=str(run_id)).SerializeToString()
-    await conn.execute(
-        insert(outbox).values(
-            subject=subject,
-            payload=payload,
-            msg_id=uuid.uuid4().hex,
-            created_at=utcnow(),
-        )
-    )
+    return {
+        "subject": subject,
+        "payload": payload,
+        "msg_id": uuid.uuid4().hex,
+        "created_at": utcnow(),
+    }
+
+
+async def enqueue_task(
+    conn: AsyncConnection, topology: Topology, run_id: UUID, stage: str
+) -> None:
+    """Insert the outbox row that schedules ``stage`` ("agent" or "executor")."""
+    await conn.execute(_INSERT_OUTBOX, outbox_row(topology, run_id, stage))
 
 
 class OutboxRelay:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.messaging import Topology
@@ -24,11 +24,12 @@ from chat_service.convert import message_to_proto, run_to_proto
 from chat_service.errors import ChatBusyError, InvalidArgumentError, NotFoundError
 from chat_service.events import AfterCommit
 from chat_service.lifecycle import dispatch_next, finish_run
-from chat_service.outbox import enqueue_task
+from chat_service.outbox import outbox_row
 from chat_service.store.database import Database, retry_on_conflict, utcnow
 from chat_service.store.ids import uuid7
+from chat_service.store.post_rows import insert_post_rows
 from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
-from chat_service.store.tables import chats, messages, runs
+from chat_service.store.tables import chats, runs
 
 MAX_KEY_LENGTH = 255
 TITLE_LENGTH = 80
@@ -120,20 +121,36 @@ async def _store(
 
         # After the replay check, so that a replayed request is not counted.
         await rate_limits.count_message(conn, user_id, limits.max_messages_per_minute)
-        new_chat = chat_id is None
-        chat_id, seq = await _next_seq(conn, user_id, chat_id, request.content)
-        busy = not new_chat and await _resolve_busy(
-            conn, chat_id, request.on_busy, effects, topology
+        if chat_id is None:
+            chat_id, seq = uuid.uuid4(), 1
+            chat = _new_chat_row(chat_id, user_id, request.content)
+            busy = False
+        else:
+            seq = await _lock_chat(conn, user_id, chat_id)
+            chat = None
+            busy = await _resolve_busy(
+                conn, chat_id, request.on_busy, effects, topology
+            )
+        message, run = _message_and_run_rows(
+            user_id, chat_id, seq, model, request.content, dispatched=not busy
         )
-        response = await _insert_message_and_run(
-            conn, user_id, chat_id, seq, model, request, dispatched=not busy
+        await insert_post_rows(
+            conn,
+            chat=chat,
+            message=message,
+            run=run,
+            outbox_row=None if busy else outbox_row(topology, run["id"], "agent"),
         )
         if busy:
             # The new run waits for the chat's active run, whose end dispatches it.
             await dispatch_next(conn, chat_id, effects, topology)
         else:
-            await enqueue_task(conn, topology, UUID(response.run.id), "agent")
             effects.outbox_rows += 1
+        response = chat_service_pb2.PostMessageResponse(
+            chat_id=str(chat_id),
+            message=message_to_proto(_Row(message)),
+            run=run_to_proto(_Row(run)),
+        )
         if key:
             await idempotency.store_response(
                 conn, user_id, key, response.SerializeToString()
@@ -141,35 +158,31 @@ async def _store(
     return response, effects
 
 
-async def _next_seq(
-    conn: AsyncConnection, user_id: str, chat_id: UUID | None, content: str
-) -> tuple[UUID, int]:
-    """Create the chat or lock an existing one; return its id and the message seq."""
+def _new_chat_row(chat_id: UUID, user_id: str, content: str) -> dict[str, Any]:
     now = utcnow()
-    if chat_id is None:
-        chat_id = uuid.uuid4()
-        await conn.execute(
-            insert(chats).values(
-                id=chat_id,
-                user_id=user_id,
-                title=_title(content),
-                last_seq=1,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return chat_id, 1
+    return {
+        "id": chat_id,
+        "user_id": user_id,
+        "title": _title(content),
+        "last_seq": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def _lock_chat(conn: AsyncConnection, user_id: str, chat_id: UUID) -> int:
+    """Lock the user's chat and reserve a message seq; raises NotFoundError."""
     row = (
         await conn.execute(
             update(chats)
             .where(chats.c.id == chat_id, chats.c.user_id == user_id)
-            .values(last_seq=chats.c.last_seq + 2, updated_at=now)
+            .values(last_seq=chats.c.last_seq + 2, updated_at=utcnow())
             .returning(chats.c.last_seq)
         )
     ).first()
     if row is None:
         raise NotFoundError("chat not found")
-    return chat_id, row.last_seq
+    return int(row.last_seq)
 
 
 async def _resolve_busy(
@@ -202,15 +215,15 @@ async def _resolve_busy(
     return True
 
 
-async def _insert_message_and_run(
-    conn: AsyncConnection,
+def _message_and_run_rows(
     user_id: str,
     chat_id: UUID,
     seq: int,
     model: str,
-    request: chat_service_pb2.PostMessageRequest,
+    content: str,
     dispatched: bool,
-) -> chat_service_pb2.PostMessageResponse:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every column of the new user message and of its run."""
     now = utcnow()
     message_id, run_id = uuid7(), uuid.uuid4()
     message: dict[str, Any] = {
@@ -218,7 +231,7 @@ async def _insert_message_and_run(
         "chat_id": chat_id,
         "seq": seq,
         "role": "user",
-        "content": request.content,
+        "content": content,
         "status": "completed",
         "run_id": run_id,
         "created_at": now,
@@ -240,20 +253,19 @@ async def _insert_message_and_run(
         "error_code": None,
         "error_message": None,
         "attempt": 0,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "plan": None,
         "event_seq": 0,
+        "output_batch": 0,
+        "has_output": False,
         "prompt_tokens": None,
         "completion_tokens": None,
         "created_at": now,
         "updated_at": now,
         "finished_at": None,
     }
-    await conn.execute(insert(messages).values(message))
-    await conn.execute(insert(runs).values(run))
-    return chat_service_pb2.PostMessageResponse(
-        chat_id=str(chat_id),
-        message=message_to_proto(_Row(message)),
-        run=run_to_proto(_Row(run)),
-    )
+    return message, run
 
 
 def _title(content: str) -> str:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Text, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.messaging import Topology
@@ -35,14 +35,26 @@ from chat_service.store.queries import (
     TERMINAL_STATUSES,
     get_run_row,
     lock_run_and_chat,
+    update_run,
 )
-from chat_service.store.tables import messages, model_calls, runs
+from chat_service.store.tables import messages, model_calls
 
 STAGE_NAMES = {
     run_service_pb2.STAGE_AGENT: "agent",
     run_service_pb2.STAGE_EXECUTOR: "executor",
 }
 MAX_ERROR_MESSAGE_CHARS = 2000
+_INSERT_MESSAGE = insert(messages)
+_UPDATE_MESSAGE = update(messages).where(
+    messages.c.id == bindparam("target_message_id")
+)
+_APPEND_CONTENT = _UPDATE_MESSAGE.values(
+    content=messages.c.content + bindparam("text", type_=Text()),
+    updated_at=bindparam("now"),
+)
+_REPLACE_CONTENT = _UPDATE_MESSAGE.values(
+    content=bindparam("text"), updated_at=bindparam("now")
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ async def claim(
         )
         values["event_seq"] = stored[-1].seq
         effects.add_events(run.id, stored)
-    await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
+    await update_run(conn, run.id, values)
 
     response.outcome = run_service_pb2.CLAIM_OUTCOME_CLAIMED
     response.attempt = attempt
@@ -159,17 +171,17 @@ async def submit_plan(
     if not request.plan.model_chain:
         raise InvalidArgumentError("plan.model_chain", "must name at least one model")
     now = utcnow()
-    await conn.execute(
-        update(runs)
-        .where(runs.c.id == run.id)
-        .values(
-            plan=request.plan.SerializeToString(),
-            stage="executor",
-            lease_expires_at=None,
-            worker_id=None,
-            dispatched_at=now,
-            updated_at=now,
-        )
+    await update_run(
+        conn,
+        run.id,
+        {
+            "plan": request.plan.SerializeToString(),
+            "stage": "executor",
+            "lease_expires_at": None,
+            "worker_id": None,
+            "dispatched_at": now,
+            "updated_at": now,
+        },
     )
     await enqueue_task(conn, topology, run.id, "executor")
     effects = AfterCommit(outbox_rows=1)
@@ -198,7 +210,7 @@ async def append_output(
     stored, values = await _store_output(conn, run, request.batch, request.events)
     values["lease_expires_at"] = now + timedelta(seconds=policy.lease_s)
     values["updated_at"] = now
-    await conn.execute(update(runs).where(runs.c.id == run.id).values(values))
+    await update_run(conn, run.id, values)
     effects = AfterCommit()
     effects.add_events(run.id, stored)
     return Outcome(
@@ -264,11 +276,7 @@ async def renew_lease(
     _check_attempt(run, request.attempt)
     now = utcnow()
     expires = now + timedelta(seconds=policy.lease_s)
-    await conn.execute(
-        update(runs)
-        .where(runs.c.id == run.id)
-        .values(lease_expires_at=expires, updated_at=now)
-    )
+    await update_run(conn, run.id, {"lease_expires_at": expires, "updated_at": now})
     return Outcome(
         run_service_pb2.RenewLeaseResponse(lease_expires_at=to_timestamp(expires))
     )
@@ -350,10 +358,10 @@ async def release(
 ) -> Outcome:
     run = await get_run_row(conn, _run_id(request.run_id), lock=True)
     _check_attempt(run, request.attempt)
-    await conn.execute(
-        update(runs)
-        .where(runs.c.id == run.id)
-        .values(lease_expires_at=None, worker_id=None, updated_at=utcnow())
+    await update_run(
+        conn,
+        run.id,
+        {"lease_expires_at": None, "worker_id": None, "updated_at": utcnow()},
     )
     return Outcome(run_service_pb2.ReleaseRunResponse())
 
@@ -373,17 +381,18 @@ async def _create_assistant_message(conn: AsyncConnection, run: Any) -> UUID:
     now = utcnow()
     message_id = uuid7()
     await conn.execute(
-        insert(messages).values(
-            id=message_id,
-            chat_id=run.chat_id,
-            seq=run.user_message_seq + 1,
-            role="assistant",
-            content="",
-            status="streaming",
-            run_id=run.id,
-            created_at=now,
-            updated_at=now,
-        )
+        _INSERT_MESSAGE,
+        {
+            "id": message_id,
+            "chat_id": run.chat_id,
+            "seq": run.user_message_seq + 1,
+            "role": "assistant",
+            "content": "",
+            "status": "streaming",
+            "run_id": run.id,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
     return message_id
 
@@ -494,14 +503,11 @@ async def _apply_content(
     reset = any(kind == "reset" for kind, _ in ops)
     tail = _after_last_reset(ops) if reset else ops
     text = "".join(value for _, value in tail)
-    content = messages.c.content
-    new_content = text if reset else content + text
     if not reset and not text:
         return
+    statement = _REPLACE_CONTENT if reset else _APPEND_CONTENT
     await conn.execute(
-        update(messages)
-        .where(messages.c.id == message_id)
-        .values(content=new_content, updated_at=now)
+        statement, {"target_message_id": message_id, "text": text, "now": now}
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chat_service.errors import InvalidArgumentError, NotFoundError
@@ -33,17 +33,29 @@ def parse_uuid(value: str, what: str) -> UUID:
         raise NotFoundError(f"{what} not found") from None
 
 
+# Statements of every run transition, built once: building a statement per
+# call costs more CPU than executing a cached one.
+_RUN_ID = bindparam("target_run_id")
+_SELECT_RUN = select(runs).where(runs.c.id == _RUN_ID)
+_LOCK_RUN = _SELECT_RUN.with_for_update()
+_LOCK_CHAT_OF_RUN = (
+    select(chats.c.id)
+    .where(
+        chats.c.id
+        == select(runs.c.chat_id).where(runs.c.id == _RUN_ID).scalar_subquery()
+    )
+    .with_for_update()
+)
+_UPDATE_RUN = update(runs).where(runs.c.id == _RUN_ID)
+
+
 async def get_run_row(
     conn: AsyncConnection, run_id: UUID, user_id: str | None = None, lock: bool = False
 ) -> Any:
     """Return the run row, or raise NotFoundError (also for another user's run)."""
-    query = select(runs).where(runs.c.id == run_id)
-    if user_id is not None:
-        query = query.where(runs.c.user_id == user_id)
-    if lock:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
-    if row is None:
+    query = _LOCK_RUN if lock else _SELECT_RUN
+    row = (await conn.execute(query, {"target_run_id": run_id})).first()
+    if row is None or (user_id is not None and row.user_id != user_id):
         raise NotFoundError("run not found")
     return row
 
@@ -58,16 +70,17 @@ async def lock_run_and_chat(
     deadlocks on PostgreSQL when a message is posted into a chat whose run
     is finishing. Raises NotFoundError like :func:`get_run_row`.
     """
-    query = select(runs.c.chat_id).where(runs.c.id == run_id)
-    if user_id is not None:
-        query = query.where(runs.c.user_id == user_id)
-    chat_id = (await conn.execute(query)).scalar()
-    if chat_id is None:
+    locked = await conn.execute(_LOCK_CHAT_OF_RUN, {"target_run_id": run_id})
+    if locked.first() is None:
         raise NotFoundError("run not found")
-    await conn.execute(
-        select(chats.c.id).where(chats.c.id == chat_id).with_for_update()
-    )
     return await get_run_row(conn, run_id, user_id, lock=True)
+
+
+async def update_run(
+    conn: AsyncConnection, run_id: UUID, values: dict[str, Any]
+) -> None:
+    """Set the columns in ``values`` on one run."""
+    await conn.execute(_UPDATE_RUN, {"target_run_id": run_id, **values})
 
 
 async def load_run_details(
