@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
-
 from agent_service.config import AgentSettings
 from agent_service.planner import PlanningError, build_plan
-from bulkhead.log import bind_context, get_logger
+from bulkhead.log import get_logger
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.agent.v1 import agent_pb2
 from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
 from bulkhead.worker import Outcome, RunClient, RunLostError, Task, keep_lease
-from bulkhead.worker.runs import fail_exhausted_run, skip_outcome
+from bulkhead.worker.runs import claim_task, fail_exhausted_run
 
 logger = get_logger(__name__)
 
@@ -34,27 +32,16 @@ class AgentHandler:
         self._worker_id = worker_id
 
     async def handle(self, task: Task) -> Outcome:
-        try:
-            run_id = agent_pb2.AgentTask.FromString(task.msg.data).run_id
-        except DecodeError:
-            logger.error("invalid agent task dropped", size=len(task.msg.data))
-            return Outcome.term("invalid payload")
-        task.run_id = run_id
-        bind_context(run_id=run_id)
-
-        try:
-            claim = await self._runs.claim(
-                run_id, run_pb.STAGE_AGENT, self._worker_id, task.delivery
-            )
-        except RunLostError as error:
-            logger.info("run not claimable, skipping", reason=error.reason)
-            return Outcome.ack(error.reason)
-        skip = skip_outcome(claim, task.is_last_delivery)
-        if skip is not None:
-            return skip
-
-        task.attempt = claim.attempt
-        bind_context(attempt=claim.attempt)
+        claim = await claim_task(
+            self._runs,
+            task,
+            agent_pb2.AgentTask.FromString,
+            run_pb.STAGE_AGENT,
+            self._worker_id,
+        )
+        if isinstance(claim, Outcome):
+            return claim
+        run_id = task.run_id
         logger.info("run claimed", model=claim.model, history=len(claim.history))
         try:
             await self._plan_and_submit(run_id, claim)

@@ -9,12 +9,12 @@ from enum import StrEnum
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 
-from bulkhead.log import bind_context, get_logger
+from bulkhead.log import get_logger
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
 from bulkhead.proto.executor.v1 import executor_pb2
 from bulkhead.worker import Outcome, RunClient, RunLostError, Task, keep_lease
-from bulkhead.worker.runs import fail_exhausted_run, skip_outcome
+from bulkhead.worker.runs import claim_task, fail_exhausted_run
 from executor_service.chain import ChainExhaustedError, RetryPolicy, run_chain
 from executor_service.config import ExecutorSettings
 from executor_service.output import OutputBatcher
@@ -67,27 +67,16 @@ class ExecutorHandler:
             execution.stop(StopReason.CANCEL_REQUESTED)
 
     async def handle(self, task: Task) -> Outcome:
-        try:
-            run_id = executor_pb2.ExecutorTask.FromString(task.msg.data).run_id
-        except DecodeError:
-            logger.error("invalid executor task dropped", size=len(task.msg.data))
-            return Outcome.term("invalid payload")
-        task.run_id = run_id
-        bind_context(run_id=run_id)
-
-        try:
-            claim = await self._runs.claim(
-                run_id, run_pb.STAGE_EXECUTOR, self._worker_id, task.delivery
-            )
-        except RunLostError as error:
-            logger.info("run not claimable, skipping", reason=error.reason)
-            return Outcome.ack(error.reason)
-        skip = skip_outcome(claim, task.is_last_delivery)
-        if skip is not None:
-            return skip
-
-        task.attempt = claim.attempt
-        bind_context(attempt=claim.attempt)
+        claim = await claim_task(
+            self._runs,
+            task,
+            executor_pb2.ExecutorTask.FromString,
+            run_pb.STAGE_EXECUTOR,
+            self._worker_id,
+        )
+        if isinstance(claim, Outcome):
+            return claim
+        run_id = task.run_id
         logger.info(
             "run claimed",
             models=list(claim.plan.model_chain),

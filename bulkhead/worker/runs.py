@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from bulkhead.log import get_logger
+from bulkhead.log import bind_context, get_logger
 from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
 from bulkhead.proto.chat.v1 import run_service_pb2_grpc as run_grpc
 from bulkhead.proto.chat.v1 import types_pb2
@@ -204,6 +205,49 @@ async def _renew_forever(
             logger.info("run cancel requested (lease renewal)")
             on_stop("cancel_requested")
             return
+
+
+class RunTask(Protocol):
+    """A task message that names one run: AgentTask or ExecutorTask."""
+
+    run_id: str
+
+
+async def claim_task(
+    runs: RunClient,
+    task: Task,
+    decode: Callable[[bytes], RunTask],
+    stage: run_pb.Stage.ValueType,
+    worker_id: str,
+) -> run_pb.ClaimRunResponse | Outcome:
+    """Decode a task's run id and claim the run for ``stage``.
+
+    Returns the claim, with the run id and attempt bound to the log context
+    and recorded on ``task``, or the Outcome that settles the task without
+    work: a payload that does not decode, or a run that is not claimable.
+    """
+    try:
+        run_id = decode(task.msg.data).run_id
+    except DecodeError:
+        logger.error(
+            "invalid task dropped",
+            stage=run_pb.Stage.Name(stage),
+            size=len(task.msg.data),
+        )
+        return Outcome.term("invalid payload")
+    task.run_id = run_id
+    bind_context(run_id=run_id)
+    try:
+        claim = await runs.claim(run_id, stage, worker_id, task.delivery)
+    except RunLostError as error:
+        logger.info("run not claimable, skipping", reason=error.reason)
+        return Outcome.ack(error.reason)
+    skip = skip_outcome(claim, task.is_last_delivery)
+    if skip is not None:
+        return skip
+    task.attempt = claim.attempt
+    bind_context(attempt=claim.attempt)
+    return claim
 
 
 def skip_outcome(
