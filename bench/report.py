@@ -44,7 +44,7 @@ SUMMARY: dict[str, tuple[str, Getter, float, str]] = {
     ),
     "post_p99_ms_c16": (
         "throughput",
-        _median("throughput", "postgres", "c16", "p99_ms"),
+        _median("throughput", "postgres_split", "c16", "p99_ms"),
         30,
         "<=",
     ),
@@ -227,13 +227,27 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
             "thread per request."
         ),
         "",
-        "| system | clients | accepted/s | p50 ms | p99 ms | errors | cores (machine) |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "Layouts: *single* is one chat_service replica for every caller, as "
+            "`make up` runs it; *split* gives the gateway and the workers "
+            "chat_service replicas of their own and runs the processes that "
+            "serve only AI work at niceness 10, as docker-compose.yml does with "
+            "`cpu_shares`. The last column counts the runs that were completed "
+            "when the load ended, out of all runs stored (each figure starts "
+            "from an empty database; the rest are still queued or running)."
+        ),
+        "",
+        (
+            "| system | clients | accepted/s | p50 ms | p99 ms | errors "
+            "| cores (machine) | runs completed / stored |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "reference_direct": "(1a) bare FastAPI + asyncpg",
         "reference_grpc": "(1b) bare FastAPI + gRPC + asyncpg",
-        "postgres": "Bulkhead, PostgreSQL",
+        "postgres": "Bulkhead, PostgreSQL, single layout",
+        "postgres_split": "Bulkhead, PostgreSQL, split layout",
         "sqlite": "Bulkhead, SQLite",
         "peer": "LangGraph dev server",
     }
@@ -245,7 +259,7 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {label} | {level[1:]} | {_cell(figures['rate_per_s'])} | "
                 f"{_cell(figures['p50_ms'])} | {_cell(figures['p99_ms'])} | "
-                f"{errors} | {_fmt(machine, 2)} |"
+                f"{errors} | {_fmt(machine, 2)} | {_run_counts(repeats)} |"
             )
     lines += ["", "| ratio | value |", "|---|---|"]
     for name, figures in data.get("ratios", {}).items():
@@ -258,6 +272,16 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
         lines.append(f"Peer: not measured: {peer.get('problem')}")
     lines.append("")
     return lines
+
+
+def _run_counts(repeats: list[dict[str, Any]]) -> str:
+    """ "completed / stored" per repeat, or "–" where runs were not counted."""
+    cells = [
+        f"{r['runs'].get('completed', 0)} / {sum(r['runs'].values())}"
+        for r in repeats
+        if isinstance(r.get("runs"), dict)
+    ]
+    return ", ".join(cells) or "–"
 
 
 def _render_isolation(data: dict[str, Any]) -> list[str]:

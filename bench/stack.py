@@ -25,6 +25,14 @@ DEFAULT_POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postg
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 FAKE_API_KEY = "bench-fake-key"
 
+# "single": one chat_service replica serves every caller, all processes at
+# the default CPU priority (what `make up` runs). "split": the gateway and
+# the workers dial chat_service replicas of their own, and the processes
+# that serve only AI work run at niceness 10 (what docker-compose.yml does
+# with cpu_shares), so that under contention the synchronous path runs first.
+LAYOUTS = ("single", "split")
+SPLIT_ASYNC_NICE = 10
+
 
 def postgres_admin_url() -> str:
     """Admin URL used to create and drop the benchmark's databases."""
@@ -52,6 +60,7 @@ class BenchStack:
         database: str = "postgres",
         replicas: dict[str, int] | None = None,
         service_env: dict[str, dict[str, str]] | None = None,
+        layout: str = "single",
     ) -> None:
         suffix = uuid.uuid4().hex[:12]
         self.kind = database
@@ -66,6 +75,12 @@ class BenchStack:
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'bulkhead.db'}"
         self._nats_url = shared_nats_url()
         self._stream = f"BULKHEAD_BENCH_{suffix}"
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+        split = layout == "split"
+        replicas = dict(replicas or {})
+        if split:
+            replicas["chat_service"] = max(2, replicas.get("chat_service", 1))
         self.stack = Stack(
             StackConfig(
                 workdir=REPO_ROOT,
@@ -75,7 +90,9 @@ class BenchStack:
                 nats_stream=self._stream,
                 nats_subject_prefix=f"bench{suffix}",
                 models_file=models_file,
-                replicas=replicas or {},
+                replicas=replicas,
+                split_chat_service=split,
+                async_nice=SPLIT_ASYNC_NICE if split else 0,
                 env={
                     "BULKHEAD_DEV_MODE": "true",
                     API_KEY_ENV: FAKE_API_KEY,

@@ -57,6 +57,9 @@ _RETRYABLE_METHODS = [
     {"service": "chat.v1.RunService", "method": "FailRun"},
 ]
 _SERVICE_CONFIG = {
+    # Spreads calls over every address of an ``ipv4:`` list of replicas;
+    # the default, pick_first, would send them all to the first one.
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": _RETRYABLE_METHODS,
@@ -68,7 +71,7 @@ _SERVICE_CONFIG = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
 
 

@@ -1,8 +1,9 @@
 """Sections 1, 2 and 8: accepted POSTs per second against the bare references.
 
 Each repeat measures, one after the other: (1a) and (1b) at each client
-count, Bulkhead on PostgreSQL at each client count (a fresh stack each),
-Bulkhead on SQLite, and the LangGraph peer. Ratios are taken within a
+count, Bulkhead on PostgreSQL at each client count (a fresh stack each) in
+the single and in the split layout (bench.stack.LAYOUTS), Bulkhead on
+SQLite, and the LangGraph peer. Ratios are taken within a
 repeat, then summarised over repeats.
 """
 
@@ -129,9 +130,13 @@ async def _execute(dsn: str, sql: str) -> None:
         await connection.close()
 
 
-def measure_stack(ctx: Context, database: str, clients: int) -> dict[str, Any]:
+def measure_stack(
+    ctx: Context, database: str, clients: int, layout: str = "single"
+) -> dict[str, Any]:
     """Start a fresh stack, measure POST /api/chat at ``clients``, stop it."""
-    with BenchStack(ctx.work_dir, ctx.fake.models_file, database=database) as bench:
+    with BenchStack(
+        ctx.work_dir, ctx.fake.models_file, database=database, layout=layout
+    ) as bench:
         meter = CpuMeter(bench.pids())
         meter.start()
         result = post_load(
@@ -139,7 +144,8 @@ def measure_stack(ctx: Context, database: str, clients: int) -> dict[str, Any]:
         )
         result["cores"] = meter.stop()
         if database == "postgres":
-            result["stored_runs"] = sum(bench.run_counts().values())
+            result["runs"] = bench.run_counts()
+            result["stored_runs"] = sum(result["runs"].values())
     return result
 
 
@@ -187,14 +193,15 @@ def run(ctx: Context) -> dict[str, Any]:
                     record = references.measure(mode, clients, ctx)
                     raw[f"reference_{mode}"][clients].append(record)
                     _log("reference " + mode, clients, record)
-            for database, levels in (
-                ("postgres", plan.post_clients),
-                ("sqlite", plan.sqlite_clients),
+            for group, database, layout, levels in (
+                ("postgres", "postgres", "single", plan.post_clients),
+                ("postgres_split", "postgres", "split", plan.post_clients),
+                ("sqlite", "sqlite", "single", plan.sqlite_clients),
             ):
                 for clients in levels:
-                    record = measure_stack(ctx, database, clients)
-                    raw[database][clients].append(record)
-                    _log(database, clients, record)
+                    record = measure_stack(ctx, database, clients, layout)
+                    raw[group][clients].append(record)
+                    _log(group, clients, record)
             if peer_command is not None:
                 for clients in plan.peer_clients:
                     try:
@@ -231,12 +238,16 @@ def _ratios(
         return records[repeat]["rate_per_s"] if repeat < len(records) else None
 
     pairs = {
-        "accept_vs_bare_c64": ("postgres", "reference_direct", 64),
-        "accept_vs_grpc_bare_c64": ("postgres", "reference_grpc", 64),
-        "accept_vs_bare_c16": ("postgres", "reference_direct", 16),
-        "accept_vs_grpc_bare_c16": ("postgres", "reference_grpc", 16),
-        "accept_vs_peer_c64": ("postgres", "peer", 64),
-        "accept_vs_peer_c16": ("postgres", "peer", 16),
+        "accept_vs_bare_c64": ("postgres_split", "reference_direct", 64),
+        "accept_vs_grpc_bare_c64": ("postgres_split", "reference_grpc", 64),
+        "accept_vs_bare_c16": ("postgres_split", "reference_direct", 16),
+        "accept_vs_grpc_bare_c16": ("postgres_split", "reference_grpc", 16),
+        "accept_vs_peer_c64": ("postgres_split", "peer", 64),
+        "accept_vs_peer_c16": ("postgres_split", "peer", 16),
+        "single_accept_vs_bare_c64": ("postgres", "reference_direct", 64),
+        "single_accept_vs_grpc_bare_c64": ("postgres", "reference_grpc", 64),
+        "single_accept_vs_peer_c64": ("postgres", "peer", 64),
+        "split_vs_single_c64": ("postgres_split", "postgres", 64),
         "sqlite_vs_postgres_c64": ("sqlite", "postgres", 64),
     }
     ratios = {}

@@ -54,6 +54,8 @@ def config_from_env(workdir: Path, replicas: dict[str, int]) -> StackConfig:
     Uses the NATS server at ``BULKHEAD_NATS_URL`` if it responds with
     JetStream enabled; otherwise the stack starts its own, on that URL's port if the
     URL points at this machine and the port is free, else on a free port.
+    ``BULKHEAD_SPLIT_CHAT_SERVICE=true`` and ``BULKHEAD_ASYNC_NICE=N`` set
+    ``split_chat_service`` and ``async_nice``.
     """
     env = os.environ
     nats_url: str | None = env.get("BULKHEAD_NATS_URL") or DEFAULT_NATS_URL
@@ -82,7 +84,20 @@ def config_from_env(workdir: Path, replicas: dict[str, int]) -> StackConfig:
         nats_subject_prefix=env.get("BULKHEAD_NATS_SUBJECT_PREFIX") or "bulkhead",
         ports=_ports_from_env(),
         replicas=replicas,
+        split_chat_service=_flag(env.get("BULKHEAD_SPLIT_CHAT_SERVICE", "")),
+        async_nice=_parse_int("BULKHEAD_ASYNC_NICE", env.get("BULKHEAD_ASYNC_NICE")),
     )
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _parse_int(variable: str, value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        raise StackError(f"{variable} must be a whole number, not {value!r}") from None
 
 
 def _ports_from_env() -> dict[str, int]:

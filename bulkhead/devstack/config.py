@@ -32,6 +32,17 @@ class StackConfig:
     process's environment, ``service_env`` to one service's replicas only;
     both override what the stack computes. ``commands`` replaces the command
     line of a service (default ``python -m SERVICE``).
+
+    ``split_chat_service`` gives the synchronous path chat_service replicas
+    of its own: the gateway dials the first half of the replicas, the agent
+    and the executor the rest, so that a flood of worker reports never
+    queues in front of user requests on one event loop. It needs at least
+    two chat_service replicas, hence PostgreSQL.
+
+    ``async_nice`` (0 to 19) starts the processes that serve only AI work
+    (agents, executors and, when split, the workers' chat_service replicas)
+    with that CPU niceness, so that on a shared machine the synchronous
+    path gets the CPU first and AI work takes what is left.
     """
 
     workdir: Path = field(default_factory=Path.cwd)
@@ -44,6 +55,8 @@ class StackConfig:
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
+    split_chat_service: bool = False
+    async_nice: int = 0
     models_file: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -253,16 +253,33 @@ class Stack:
 
     @property
     def chat_service_addr(self) -> str:
-        """gRPC target of chat_service: one address, or an ``ipv4:`` list of replicas.
+        """gRPC target of every chat_service replica: one address, or an
+        ``ipv4:`` list that channels spread calls over (round robin), skipping
+        a replica that is down."""
+        return _target([self.address_of(n) for n in self.replicas_of("chat_service")])
 
-        gRPC's default pick_first policy sticks to the first reachable
-        address and moves on when it fails, so workers keep working while a
-        chat_service replica is down.
+    def serves_ai_work(self, name: str) -> bool:
+        """Return whether a replica serves only the asynchronous side: an agent, an
+        executor, or a chat_service replica that only the workers dial."""
+        service = self._instance(name).service
+        if service in ("agent_service", "executor_service"):
+            return True
+        if service != "chat_service" or not self.config.split_chat_service:
+            return False
+        front = (len(self.replicas_of("chat_service")) + 1) // 2
+        return name not in self.replicas_of("chat_service")[:front]
+
+    def chat_service_addr_for(self, service: str) -> str:
+        """gRPC target of chat_service that ``service`` dials.
+
+        Without ``split_chat_service`` every service dials every replica.
+        With it, the gateway dials the first half and the workers the rest.
         """
-        addresses = [self.address_of(n) for n in self.replicas_of("chat_service")]
-        if len(addresses) == 1:
-            return addresses[0]
-        return "ipv4:" + ",".join(addresses)
+        names = self.replicas_of("chat_service")
+        if self.config.split_chat_service and service != "chat_service":
+            wanted = service != "gateway"
+            names = [n for n in names if self.serves_ai_work(n) == wanted]
+        return _target([self.address_of(n) for n in names])
 
     @property
     def gateway_service_token(self) -> str:
@@ -290,6 +307,7 @@ class Stack:
         if name is not None:
             env.update(self._listen_env(self._instance(name)))
         if service is not None:
+            env["BULKHEAD_CHAT_SERVICE_ADDR"] = self.chat_service_addr_for(service)
             for variable in TOKENS_OF_SERVICE.get(service, ()):
                 env[variable] = self.service_tokens.get(variable, "")
         env.update(self.config.env)
@@ -354,6 +372,15 @@ class Stack:
                 "chat_service replicas need PostgreSQL: SQLite allows one "
                 "chat_service process"
             )
+        if not 0 <= self.config.async_nice <= 19:
+            raise StackError(
+                f"async_nice must be 0 to 19, not {self.config.async_nice}"
+            )
+        if self.config.split_chat_service and chat_replicas < 2:
+            raise StackError(
+                "split_chat_service needs at least 2 chat_service replicas, "
+                f"not {chat_replicas}"
+            )
 
     def _instance(self, name: str) -> Instance:
         for instance in self.instances:
@@ -402,6 +429,9 @@ class Stack:
                 env=self.env_for(instance.service, instance.name),
                 cwd=self.workdir,
                 log_path=self.log_dir / f"{instance.name}.log",
+                nice=self.config.async_nice
+                if self.serves_ai_work(instance.name)
+                else 0,
             )
 
     def _shared_env(self) -> dict[str, str]:
@@ -483,3 +513,10 @@ def _http_ok(url: str) -> bool:
 def _connect_host(host: str) -> str:
     """Address to dial for a listen host: wildcard addresses mean loopback."""
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _target(addresses: list[str]) -> str:
+    """Return one address as it is, several as an ``ipv4:`` list for round robin."""
+    if len(addresses) == 1:
+        return addresses[0]
+    return "ipv4:" + ",".join(addresses)

@@ -19,11 +19,17 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "compose-spec" / "compose-spec.j
 APP_SERVICES = [
     "migrate",
     "chat_service",
+    "chat_service_runs",
     "agent_service",
     "executor_service",
     "gateway",
 ]
-GRPC_PORTS = {"chat_service": 50051, "agent_service": 50061, "executor_service": 50071}
+GRPC_PORTS = {
+    "chat_service": 50051,
+    "chat_service_runs": 50051,
+    "agent_service": 50061,
+    "executor_service": 50071,
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,7 @@ def test_compose_app_services_share_one_image_build(
     assert (REPO_ROOT / builds[0].get("dockerfile", "Dockerfile")).is_file()
 
 
-@pytest.mark.parametrize("name", ["chat_service", "agent_service", "executor_service"])
+@pytest.mark.parametrize("name", sorted(GRPC_PORTS))
 def test_compose_grpc_services_use_healthcheck_module(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
@@ -114,9 +120,17 @@ def test_compose_services_wait_for_healthy_dependencies(
             "postgres": "service_healthy",
             "nats": "service_healthy",
         },
-        "agent_service": {"chat_service": "service_healthy", "nats": "service_healthy"},
+        "chat_service_runs": {
+            "migrate": "service_completed_successfully",
+            "postgres": "service_healthy",
+            "nats": "service_healthy",
+        },
+        "agent_service": {
+            "chat_service_runs": "service_healthy",
+            "nats": "service_healthy",
+        },
         "executor_service": {
-            "chat_service": "service_healthy",
+            "chat_service_runs": "service_healthy",
             "nats": "service_healthy",
         },
         "gateway": {"chat_service": "service_healthy"},
@@ -153,11 +167,22 @@ def test_compose_environment_points_at_containers(
         assert env["BULKHEAD_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert "@postgres:5432/" in env["BULKHEAD_DATABASE_URL"]
         assert env["BULKHEAD_NATS_URL"] == "nats://nats:4222"
-        assert env["BULKHEAD_CHAT_SERVICE_ADDR"] == "chat_service:50051"
+        workers = ("agent_service", "executor_service")
+        expected_target = "chat_service_runs" if name in workers else "chat_service"
+        assert env["BULKHEAD_CHAT_SERVICE_ADDR"] == f"{expected_target}:50051"
+        assert env["BULKHEAD_GATEWAY_SERVICE_TOKEN"].startswith("${")
+        assert env["BULKHEAD_WORKER_SERVICE_TOKEN"].startswith("${")
         assert env["BULKHEAD_CHAT_SERVICE_LISTEN"] == "0.0.0.0:50051"
         assert env["BULKHEAD_AGENT_HEALTH_LISTEN"] == "0.0.0.0:50061"
         assert env["BULKHEAD_EXECUTOR_HEALTH_LISTEN"] == "0.0.0.0:50071"
         assert env["BULKHEAD_GATEWAY_HOST"] == "0.0.0.0"
+
+
+def test_compose_ai_work_yields_the_cpu(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("chat_service_runs", "agent_service", "executor_service"):
+        assert services[name]["cpu_shares"] < 1024, name
+    for name in ("chat_service", "gateway"):
+        assert "cpu_shares" not in services[name], name
 
 
 def test_compose_migrate_runs_once(services: dict[str, dict[str, Any]]) -> None:
