@@ -28,6 +28,9 @@ class Plan:
     post_clients: tuple[int, ...] = (1, 16, 64, 256)
     sqlite_clients: tuple[int, ...] = (16, 64)
     peer_clients: tuple[int, ...] = (16, 64)
+    # Stack layouts (bench.stack.LAYOUTS) that sections 2 and 3 measure; the
+    # summary keys report the split layout.
+    layouts: tuple[str, ...] = ("split", "single")
     isolation_clients: int = 16
     isolation_cases: tuple[str, ...] = ("fast", "slow", "hang", "fail")
     ttft_single_streams: int = 30
@@ -60,6 +63,7 @@ QUICK = Plan(
     post_clients=(16, 64),
     sqlite_clients=(),
     peer_clients=(),
+    layouts=("split",),
     isolation_cases=("fast", "fail"),
     ttft_single_streams=10,
     # 0: only the single-stream TTFT figure.

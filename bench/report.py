@@ -50,19 +50,19 @@ SUMMARY: dict[str, tuple[str, Getter, float, str]] = {
     ),
     "isolation_p99_ratio_slow": (
         "isolation",
-        _median("isolation", "p99_ratio", "slow"),
+        _median("isolation", "layouts", "split", "p99_ratio", "slow"),
         1.1,
         "<=",
     ),
     "isolation_p99_ratio_hang": (
         "isolation",
-        _median("isolation", "p99_ratio", "hang"),
+        _median("isolation", "layouts", "split", "p99_ratio", "hang"),
         1.1,
         "<=",
     ),
     "isolation_p99_ratio_fail": (
         "isolation",
-        _median("isolation", "p99_ratio", "fail"),
+        _median("isolation", "layouts", "split", "p99_ratio", "fail"),
         1.1,
         "<=",
     ),
@@ -291,20 +291,25 @@ def _render_isolation(data: dict[str, Any]) -> list[str]:
         (
             f"{data['clients']} clients. Models: fast (answers at once), slow (30 s), "
             "hang (no chunk until the 10 s first-token timeout, one retry), fail "
-            "(503 on every call). Runs by status are counted right after the load."
+            "(503 on every call). Runs by status are counted right after the load, "
+            "in the last repeat. The summary keys report the split layout."
         ),
         "",
-        "| model | accepted/s | p50 ms | p99 ms | p99 / fast | runs at the end |",
-        "|---|---|---|---|---|---|",
+        (
+            "| layout | model | accepted/s | p50 ms | p99 ms | p99 / fast "
+            "| runs at the end |"
+        ),
+        "|---|---|---|---|---|---|---|",
     ]
-    for case, figures in data["cases"].items():
-        runs = figures["repeats"][-1].get("runs", {})
-        counts = ", ".join(f"{k} {v}" for k, v in runs.items() if v)
-        lines.append(
-            f"| {case} | {_cell(figures['rate_per_s'])} | {_cell(figures['p50_ms'])} | "
-            f"{_cell(figures['p99_ms'])} | "
-            f"{_cell(data['p99_ratio'].get(case), 2)} | {counts} |"
-        )
+    for layout, result in data["layouts"].items():
+        for case, figures in result["cases"].items():
+            runs = figures["repeats"][-1].get("runs", {})
+            counts = ", ".join(f"{k} {v}" for k, v in runs.items() if v)
+            lines.append(
+                f"| {layout} | {case} | {_cell(figures['rate_per_s'])} | "
+                f"{_cell(figures['p50_ms'])} | {_cell(figures['p99_ms'])} | "
+                f"{_cell(result['p99_ratio'].get(case), 2)} | {counts} |"
+            )
     lines.append("")
     return lines
 

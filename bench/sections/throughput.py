@@ -27,6 +27,7 @@ from bench.stats import ratio, spread
 from bulkhead.devstack import ManagedProcess, StackError, free_port
 from tests.support.postgres import create_database, drop_database
 
+GROUP_OF_LAYOUT = {"single": "postgres", "split": "postgres_split"}
 PEER_BODY = (
     '{"assistant_id": "' + ASSISTANT_ID + '", "input": {"content": '
     '"Hello, how are you today?"}, "if_not_exists": "create"}'
@@ -193,11 +194,12 @@ def run(ctx: Context) -> dict[str, Any]:
                     record = references.measure(mode, clients, ctx)
                     raw[f"reference_{mode}"][clients].append(record)
                     _log("reference " + mode, clients, record)
-            for group, database, layout, levels in (
-                ("postgres", "postgres", "single", plan.post_clients),
-                ("postgres_split", "postgres", "split", plan.post_clients),
-                ("sqlite", "sqlite", "single", plan.sqlite_clients),
-            ):
+            stacks = [
+                (GROUP_OF_LAYOUT[layout], "postgres", layout, plan.post_clients)
+                for layout in plan.layouts
+            ]
+            stacks.append(("sqlite", "sqlite", "single", plan.sqlite_clients))
+            for group, database, layout, levels in stacks:
                 for clients in levels:
                     record = measure_stack(ctx, database, clients, layout)
                     raw[group][clients].append(record)
