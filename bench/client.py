@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -274,20 +275,22 @@ async def run_hold(
     posted = await run_posts(client, params)
     runs = [r for r in posted if r.run_id]
     receive_buffer = STALLED_RECEIVE_BUFFER_BYTES if stall else None
-    opened = 0
+    answered = opened = 0
     all_open = asyncio.Event()
 
     async def watch(record: StreamRecord) -> None:
-        nonlocal opened
+        nonlocal answered, opened
         conn = client.connection(receive_buffer)
         try:
             await conn.send("GET", f"/api/runs/{record.run_id}/events")
             status, _ = await conn.read_head()
+            answered += 1
+            if answered == len(runs):
+                all_open.set()
             if status != 200:
                 record.error = f"GET events returned {status}"
+                return
             opened += 1
-            if opened == len(runs):
-                all_open.set()
             if stall:
                 await asyncio.sleep(client.time_left())
                 return
@@ -319,6 +322,9 @@ async def run_hold(
         "opened_at": opened_at,
         "closed_at": closed_at,
         "stream_errors": sum(1 for r in runs if r.error),
+        "stream_error_kinds": dict(
+            Counter(r.error for r in runs if r.error).most_common(3)
+        ),
         "bytes_read": sum(r.delta_chars for r in runs),
     }
 

@@ -28,8 +28,9 @@ class Plan:
     post_clients: tuple[int, ...] = (1, 16, 64, 256)
     sqlite_clients: tuple[int, ...] = (16, 64)
     peer_clients: tuple[int, ...] = (16, 64)
-    # Stack layouts (bench.stack.LAYOUTS) that sections 2 and 3 measure; the
-    # summary keys report the split layout.
+    # Stack layouts (bench.stack.LAYOUTS) that sections 2 and 3 measure. The
+    # first is the primary layout: sections 4 to 6 run in it. The summary
+    # keys report the split layout.
     layouts: tuple[str, ...] = ("split", "single")
     isolation_clients: int = 16
     isolation_cases: tuple[str, ...] = ("fast", "slow", "hang", "fail")
@@ -45,6 +46,10 @@ class Plan:
     scaleout_replicas: tuple[int, ...] = (1, 2, 4)
     scaleout_runs_per_replica: int = 150
     scaleout_concurrency_per_replica: int = 4
+
+    @property
+    def primary_layout(self) -> str:
+        return self.layouts[0]
 
     def with_overrides(self, **changes: object) -> Plan:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -387,7 +387,12 @@ def _render_memory(data: dict[str, Any]) -> list[str]:
         "",
         (
             f"Open streams: {client['opened']} of {client['streams']} opened, "
-            f"{client['stream_errors']} stream errors."
+            f"{client['stream_errors']} stream errors"
+            + "".join(
+                f"; {count} × {kind}"
+                for kind, count in client.get("stream_error_kinds", {}).items()
+            )
+            + "."
         ),
         "",
     ]

@@ -27,7 +27,10 @@ def _hold(
         "executor_service": {"BULKHEAD_EXECUTOR_CONCURRENCY": str(executors)}
     }
     with BenchStack(
-        ctx.work_dir, ctx.fake.models_file, service_env=service_env
+        ctx.work_dir,
+        ctx.fake.models_file,
+        service_env=service_env,
+        layout=ctx.plan.primary_layout,
     ) as bench:
         baseline = {name: bench.memory(name) for name in WATCHED}
         params = {

@@ -42,7 +42,10 @@ def _first_chunk_times(calls: list[dict[str, Any]]) -> dict[str, float]:
 
 def measure_ttft(ctx: Context, concurrency: int, per_worker: int) -> dict[str, Any]:
     with BenchStack(
-        ctx.work_dir, ctx.fake.models_file, service_env=WIDE_EXECUTOR_ENV
+        ctx.work_dir,
+        ctx.fake.models_file,
+        service_env=WIDE_EXECUTOR_ENV,
+        layout=ctx.plan.primary_layout,
     ) as bench:
         ctx.fake.reset()
         data = run_client(
@@ -119,7 +122,10 @@ def run_ttft(ctx: Context) -> dict[str, Any]:
 def measure_streaming(ctx: Context) -> dict[str, Any]:
     plan = ctx.plan
     with BenchStack(
-        ctx.work_dir, ctx.fake.models_file, service_env=WIDE_EXECUTOR_ENV
+        ctx.work_dir,
+        ctx.fake.models_file,
+        service_env=WIDE_EXECUTOR_ENV,
+        layout=ctx.plan.primary_layout,
     ) as bench:
         before = _database_counters(bench)
         meter = CpuMeter(bench.pids())
