@@ -35,9 +35,11 @@ COPY --from=build /wheels /wheels
 RUN pip install /wheels/*.whl && rm -rf /wheels \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin bulkhead
 
-# Services read config/models.toml relative to the working directory.
+# The installed package cannot find config/ on its own: the default path of
+# the models file is relative to the source tree, not to site-packages.
 WORKDIR /app
 COPY config ./config
+ENV BULKHEAD_MODELS_FILE=/app/config/models.toml
 
 USER bulkhead
 EXPOSE 8000 50051 50061 50071

@@ -12,6 +12,7 @@ API key.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from bulkhead.devstack.stack import Stack
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/bulkhead.db"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEMO_USER = "demo"
+DEMO_KEY_DATABASE_FILE = "demo-api-key.database"
 BACKGROUND_START_TIMEOUT_S = 300.0
 DOWN_TIMEOUT_S = 120.0
 RUNNER_MARKER = b"bulkhead.devstack"
@@ -135,6 +137,9 @@ def run_up(paths: _Paths, replicas: dict[str, int], echo: bool) -> int:
     # service outlives the runner that make down relies on.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
+    # A shell starting the runner in the background (`&`) makes it inherit
+    # SIGINT as ignored; Ctrl-C and kill -INT must still stop it.
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     paths.pid_file.write_text(f"{os.getpid()}\n")
     stack: Stack | None = None
@@ -173,15 +178,14 @@ def run_up(paths: _Paths, replicas: dict[str, int], echo: bool) -> int:
     return code
 
 
-def _log_sources(stack: Stack | None) -> list[tuple[str, Path]]:
+def _log_sources(stack: Stack | None) -> list[tuple[str, Path, int]]:
     if stack is None:
         return []
     processes = list(stack.processes.values())
     if stack.nats is not None:
         processes.insert(0, stack.nats)
-    # A log file from an earlier run stays unread until its process starts
-    # and truncates it.
-    return [(p.name, p.log_path) for p in processes if p.starts]
+    # Log files keep earlier runs' lines; only this run's are printed.
+    return [(p.name, p.log_path, p.first_log_offset) for p in processes if p.starts]
 
 
 def _wait_for_exit(stack: Stack) -> str:
@@ -193,15 +197,21 @@ def _wait_for_exit(stack: Stack) -> str:
 
 
 def _demo_api_key(stack: Stack, paths: _Paths) -> str:
-    # NOTE: the key is reused whatever database the stack runs on; after
-    # switching BULKHEAD_DATABASE_URL, delete var/demo-api-key to get a new one.
-    if paths.demo_key_file.exists():
+    """Return the demo key of the stack's database, creating it on first use.
+
+    The key file is reused only for the database it was created in: a file
+    beside it holds a fingerprint of that database's URL.
+    """
+    database = hashlib.sha256(stack.database_url.encode()).hexdigest()
+    fingerprint_file = paths.demo_key_file.with_name(DEMO_KEY_DATABASE_FILE)
+    if paths.demo_key_file.exists() and fingerprint_file.exists():
         key = paths.demo_key_file.read_text().strip()
-        if key:
+        if key and fingerprint_file.read_text().strip() == database:
             return key
     key = stack.create_api_key(DEMO_USER)
     paths.demo_key_file.write_text(key + "\n")
     paths.demo_key_file.chmod(0o600)
+    fingerprint_file.write_text(database + "\n")
     return key
 
 

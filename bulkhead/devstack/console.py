@@ -8,15 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-LogSources = Callable[[], list[tuple[str, Path]]]
+# (process name, log file, offset where this run's lines begin)
+LogSources = Callable[[], list[tuple[str, Path, int]]]
 
 
 class LogFollower:
     """A thread that prints ``name | line`` for each new line of each log file.
 
     ``sources`` is called on every poll, so processes started later (or
-    restarted, which appends to their file) are followed too. A file that got
-    shorter was truncated by a fresh start and is read from its beginning.
+    restarted, which appends to their file) are followed too. A file is read
+    from the offset its source gives, so that lines of earlier runs are not
+    printed again; a file that got shorter was truncated and is read from
+    its beginning.
     """
 
     def __init__(
@@ -51,8 +54,9 @@ class LogFollower:
 
     def _poll(self) -> None:
         sources = self._sources()
-        width = max((len(name) for name, _ in sources), default=0)
-        for name, path in sources:
+        width = max((len(name) for name, _, _ in sources), default=0)
+        for name, path, first_offset in sources:
+            self._offsets.setdefault(path, first_offset)
             for line in self._read_new_lines(path):
                 self._out.write(f"{name:<{width}} | {line}\n")
         self._out.flush()

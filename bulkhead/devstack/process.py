@@ -41,6 +41,9 @@ class ManagedProcess:
         self.log_path = log_path
         self.popen: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # Size of the log file when this object first started the process:
+        # what came before belongs to earlier runs.
+        self.first_log_offset = 0
 
     @property
     def pid(self) -> int | None:
@@ -64,6 +67,8 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         mode = "ab"  # keep the logs of earlier starts: they explain a crash
         with self.log_path.open(mode) as log:
+            if not self.starts:
+                self.first_log_offset = log.tell()
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
             log.write(f"--- devstack: starting {self.name} at {stamp}\n".encode())
             log.flush()

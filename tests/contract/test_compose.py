@@ -197,3 +197,11 @@ def test_dockerfile_runs_as_non_root_user() -> None:
     assert users
     assert users[-1] not in ("root", "0")
     assert any(line.startswith("FROM python:3.11-slim") for line in lines)
+
+
+def test_dockerfile_points_services_at_the_models_file() -> None:
+    # The package's default models path only exists in a source checkout.
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert "COPY config ./config" in text
+    assert "ENV BULKHEAD_MODELS_FILE=/app/config/models.toml" in text
+    assert "WORKDIR /app" in text
