@@ -229,12 +229,12 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
         "",
         (
             "Layouts: *single* is one chat_service replica for every caller, as "
-            "`make up` runs it; *split* gives the gateway and the workers "
+            "`make up` runs it. *split* gives the gateway and the workers "
             "chat_service replicas of their own and runs the processes that "
-            "serve only AI work at niceness 10, as docker-compose.yml does with "
-            "`cpu_shares`. The last column counts the runs that were completed "
-            "when the load ended, out of all runs stored (each figure starts "
-            "from an empty database; the rest are still queued or running)."
+            "serve only AI work at niceness 10. The last column counts the runs "
+            "completed when the load ended, out of all runs stored. Each figure "
+            "starts from an empty database; the other runs are still queued or "
+            "running."
         ),
         "",
         (
