@@ -200,7 +200,7 @@ def _demo_api_key(stack: Stack, paths: _Paths) -> str:
     """Return the demo key of the stack's database, creating it on first use.
 
     The key file is reused only for the database it was created in: a file
-    beside it holds a fingerprint of that database's URL.
+    beside it contains a fingerprint of that database's URL.
     """
     database = hashlib.sha256(stack.database_url.encode()).hexdigest()
     fingerprint_file = paths.demo_key_file.with_name(DEMO_KEY_DATABASE_FILE)

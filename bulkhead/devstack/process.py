@@ -181,7 +181,7 @@ def _lower_priority(pid: int, nice: int) -> None:
     With the kernel's autogroup scheduling, each session is scheduled as one
     group. A process's own niceness then only counts inside its group, and
     the group's niceness (/proc/PID/autogroup) weighs it against other
-    sessions. Both are set, so that it holds with autogroup on or off.
+    sessions. Both are set, so the priority applies with autogroup on or off.
     """
     os.setpriority(os.PRIO_PROCESS, pid, nice)
     try:

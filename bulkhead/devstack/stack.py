@@ -277,8 +277,8 @@ class Stack:
         """
         names = self.replicas_of("chat_service")
         if self.config.split_chat_service and service != "chat_service":
-            wanted = service != "gateway"
-            names = [n for n in names if self.serves_ai_work(n) == wanted]
+            is_worker = service != "gateway"
+            names = [n for n in names if self.serves_ai_work(n) == is_worker]
         return _target([self.address_of(n) for n in names])
 
     @property
