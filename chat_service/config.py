@@ -18,7 +18,12 @@ class ChatServiceSettings(CommonSettings):
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
     )
-    database_pool_size: int = Field(default=20, ge=1)
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="PostgreSQL connections per chat_service process; a "
+        "transaction beyond them waits up to 4 s for a free one.",
+    )
     database_connect_timeout_s: float = Field(default=3.0, gt=0)
     chat_service_listen: str = "127.0.0.1:50051"
     models_file: str | None = None

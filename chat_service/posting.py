@@ -3,6 +3,10 @@
 One transaction stores, in this order: the idempotency key, the chat (new or
 locked), the user message, the run and, when the chat has no run in flight,
 the outbox row that schedules the agent. Nothing about AI work happens here.
+
+A message that starts a chat and carries no idempotency key reads nothing
+before it writes, so on PostgreSQL it is one statement that commits by
+itself, rate limit included (see ``store.post_rows``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from chat_service.lifecycle import dispatch_next, finish_run
 from chat_service.outbox import outbox_row
 from chat_service.store.database import Database, retry_on_conflict, utcnow
 from chat_service.store.ids import uuid7
-from chat_service.store.post_rows import insert_post_rows
+from chat_service.store.post_rows import RateGate, insert_post_rows
 from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
 from chat_service.store.tables import chats, runs
 
@@ -107,8 +111,10 @@ async def _store(
     fingerprint: str,
 ) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
     """Run PostMessage's transaction once."""
-    effects = AfterCommit()
     key = request.idempotency_key
+    if chat_id is None and not key and not db.is_sqlite:
+        return await _store_first_message(db, topology, limits, user_id, request, model)
+    effects = AfterCommit()
     async with db.transaction() as conn:
         if key:
             claim = await idempotency.claim_key(
@@ -146,16 +152,57 @@ async def _store(
             await dispatch_next(conn, chat_id, effects, topology)
         else:
             effects.outbox_rows += 1
-        response = chat_service_pb2.PostMessageResponse(
-            chat_id=str(chat_id),
-            message=message_to_proto(_Row(message)),
-            run=run_to_proto(_Row(run)),
-        )
+        response = _response(chat_id, message, run)
         if key:
             await idempotency.store_response(
                 conn, user_id, key, response.SerializeToString()
             )
     return response, effects
+
+
+async def _store_first_message(
+    db: Database,
+    topology: Topology,
+    limits: PostLimits,
+    user_id: str,
+    request: chat_service_pb2.PostMessageRequest,
+    model: str,
+) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
+    """Store a message that starts a new chat with one statement (PostgreSQL)."""
+    chat_id = uuid.uuid4()
+    chat = _new_chat_row(chat_id, user_id, request.content)
+    message, run = _message_and_run_rows(
+        user_id, chat_id, 1, model, request.content, dispatched=True
+    )
+    limit = limits.max_messages_per_minute
+    timestamp = chat["created_at"].timestamp()
+    rate = None
+    if limit > 0:
+        rate = RateGate(user_id, rate_limits.window_of(timestamp), limit)
+    async with db.single_statement() as conn:
+        inserted = await insert_post_rows(
+            conn,
+            chat=chat,
+            message=message,
+            run=run,
+            outbox_row=outbox_row(topology, run["id"], "agent"),
+            rate=rate,
+        )
+    if not inserted:
+        raise rate_limits.limited_error(limit, timestamp)
+    effects = AfterCommit()
+    effects.outbox_rows += 1
+    return _response(chat_id, message, run), effects
+
+
+def _response(
+    chat_id: UUID, message: dict[str, Any], run: dict[str, Any]
+) -> chat_service_pb2.PostMessageResponse:
+    return chat_service_pb2.PostMessageResponse(
+        chat_id=str(chat_id),
+        message=message_to_proto(_Row(message)),
+        run=run_to_proto(_Row(run)),
+    )
 
 
 def _new_chat_row(chat_id: UUID, user_id: str, content: str) -> dict[str, Any]:

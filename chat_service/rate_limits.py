@@ -25,23 +25,36 @@ from chat_service.store.tables import message_rate_counters
 WINDOW_S = 60
 
 
+def window_of(timestamp: float) -> int:
+    """Number of the one-minute window that ``timestamp`` (Unix seconds) falls in."""
+    return int(timestamp // WINDOW_S)
+
+
+def limited_error(limit: int, timestamp: float) -> RateLimitedError:
+    """Build the error for a message over ``limit``, with the seconds until
+    the window of ``timestamp`` ends as metadata ``retry_after_s``."""
+    retry_after_s = max(1, math.ceil((window_of(timestamp) + 1) * WINDOW_S - timestamp))
+    return RateLimitedError(
+        f"too many messages: at most {limit} per minute",
+        retry_after_s=str(retry_after_s),
+    )
+
+
 async def count_message(
     conn: AsyncConnection, user_id: str, limit: int, now: datetime | None = None
 ) -> None:
     """Count one message of ``user_id`` in the current window.
 
-    Raises RateLimitedError, with metadata ``retry_after_s`` (seconds until
-    the window ends), when the count would exceed ``limit``. A ``limit`` of 0
-    disables the check and writes nothing.
+    Raises RateLimitedError (see :func:`limited_error`) when the count would
+    exceed ``limit``. A ``limit`` of 0 disables the check and writes nothing.
     """
     if limit <= 0:
         return
     timestamp = (now or utcnow()).timestamp()
-    window = int(timestamp // WINDOW_S)
     table = message_rate_counters
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table).values(
-        user_id=user_id, window_minute=window, count=1
+        user_id=user_id, window_minute=window_of(timestamp), count=1
     )
     same_window = table.c.window_minute == statement.excluded.window_minute
     statement = statement.on_conflict_do_update(
@@ -53,8 +66,4 @@ async def count_message(
     ).returning(table.c.count)
     count = (await conn.execute(statement)).scalar_one()
     if count > limit:
-        retry_after_s = max(1, math.ceil((window + 1) * WINDOW_S - timestamp))
-        raise RateLimitedError(
-            f"too many messages: at most {limit} per minute",
-            retry_after_s=str(retry_after_s),
-        )
+        raise limited_error(limit, timestamp)

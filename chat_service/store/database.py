@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -80,25 +80,34 @@ def is_outage(error: BaseException) -> bool:
 
 
 class Database:
-    """Owns the engine. Every write goes through :meth:`transaction`."""
+    """Owns the engine. Every write goes through :meth:`transaction`, or
+    :meth:`single_statement` for a write that is one statement."""
 
     def __init__(self, url: str, pool_size: int = 10, connect_timeout_s: float = 3.0):
         self.url = url
         self.is_sqlite = is_sqlite(url)
         self.engine: AsyncEngine = create_engine(url, pool_size, connect_timeout_s)
+        # Same pool; asyncpg then sends no BEGIN or COMMIT of its own.
+        self._autocommit_engine = self.engine.execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """Open a transaction; outages surface as DatabaseUnavailableError."""
-        try:
+        with _outages_mapped():
             async with self.engine.begin() as connection:
                 yield connection
-        except DatabaseUnavailableError:
-            raise
-        except Exception as error:
-            if is_outage(error):
-                raise DatabaseUnavailableError("database unavailable") from error
-            raise
+
+    @asynccontextmanager
+    async def single_statement(self) -> AsyncIterator[AsyncConnection]:
+        """Open a connection in autocommit mode, for one statement that is
+        atomic by itself. PostgreSQL runs such a statement in a transaction
+        of its own, which saves the BEGIN and COMMIT round trips. Never run
+        two statements that must commit together on it."""
+        with _outages_mapped():
+            async with self._autocommit_engine.connect() as connection:
+                yield connection
 
     async def ping(self) -> None:
         async with self.transaction() as connection:
@@ -106,3 +115,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@contextmanager
+def _outages_mapped() -> Iterator[None]:
+    """Raise DatabaseUnavailableError for an outage, other errors as they are."""
+    try:
+        yield
+    except DatabaseUnavailableError:
+        raise
+    except Exception as error:
+        if is_outage(error):
+            raise DatabaseUnavailableError("database unavailable") from error
+        raise

@@ -36,7 +36,12 @@ def create_engine(
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size // 2,
+        # No overflow: under steady load above pool_size, SQLAlchemy closes
+        # an overflow connection whenever it returns to a full pool and
+        # opens another moments later. Each new connection costs a
+        # PostgreSQL backend start and in a trial cost more CPU than
+        # waiting in the queue for a pooled one.
+        max_overflow=0,
         # Waiting for a free connection under load is not an outage: allow
         # longer than a connect, but less than the gateway's 5 s deadline.
         pool_timeout=max(connect_timeout_s, 4.0),
