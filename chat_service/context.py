@@ -11,7 +11,8 @@ from bulkhead.messaging import Topology
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.executor.v1 import executor_pb2
 from chat_service.config import ChatServiceSettings
-from chat_service.events import AfterCommit, EventHub
+from chat_service.event_hub import EventHub
+from chat_service.events import AfterCommit
 from chat_service.outbox import OutboxRelay
 from chat_service.posting import PostLimits
 from chat_service.runs import RunPolicy

@@ -1,26 +1,19 @@
-"""The run event log and its fan-out to watchers.
+"""The run event log.
 
 Events are rows of ``run_events`` with a dense per-run sequence number; they
 are the source of truth for SSE streams. After a transaction commits, the
-new events are handed to the :class:`EventHub`, which gives them to local
-watchers at once and publishes a notice (run id and sequence number, no
-text) on core NATS, so that watchers connected to other chat_service
-replicas read the new events from the database. A lost notice only delays a
-watcher until its next database poll.
+new events go to watchers through ``chat_service.event_hub``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import orjson
-from google.protobuf.message import DecodeError
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -115,104 +108,4 @@ class AfterCommit:
             self.events.setdefault(run_id, []).extend(events)
 
 
-class Subscription:
-    """A watcher's bounded inbox of events for one run.
-
-    An item is either an event stored by this process or ``None``, a wake-up
-    that means "newer events are in the database". When the inbox is full
-    the subscription is marked ``overflowed`` and further items are dropped,
-    so the watcher reads from the database: a slow watcher costs bounded
-    memory and loses nothing.
-    """
-
-    def __init__(self, run_id: UUID, size: int) -> None:
-        self.run_id = run_id
-        self.queue: asyncio.Queue[types_pb2.RunEvent | None] = asyncio.Queue(
-            maxsize=size
-        )
-        self.overflowed = False
-
-    def offer(self, item: types_pb2.RunEvent | None) -> None:
-        if self.overflowed:
-            return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True
-
-    def drain(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-
-
-Publisher = Callable[[str, bytes], Awaitable[None]]
 OnCommit = Callable[[AfterCommit], Awaitable[None]]
-
-
-class EventHub:
-    """Delivers committed events to watchers in this process and, through
-    core NATS, in every other chat_service replica."""
-
-    def __init__(self, subject_for: Callable[[str], str], queue_size: int) -> None:
-        self._origin = uuid4().hex
-        self._subject_for = subject_for
-        self._queue_size = queue_size
-        self._subscriptions: dict[UUID, set[Subscription]] = defaultdict(set)
-        self._publisher: Publisher | None = None
-
-    def set_publisher(self, publisher: Publisher | None) -> None:
-        self._publisher = publisher
-
-    def subscribe(self, run_id: UUID) -> Subscription:
-        subscription = Subscription(run_id, self._queue_size)
-        self._subscriptions[run_id].add(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        watchers = self._subscriptions.get(subscription.run_id)
-        if watchers is None:
-            return
-        watchers.discard(subscription)
-        if not watchers:
-            del self._subscriptions[subscription.run_id]
-
-    @property
-    def watcher_count(self) -> int:
-        return sum(len(s) for s in self._subscriptions.values())
-
-    def deliver_local(self, run_id: UUID, events: Iterable[types_pb2.RunEvent]) -> None:
-        watchers = self._subscriptions.get(run_id)
-        if not watchers:
-            return
-        for event in events:
-            for subscription in list(watchers):
-                subscription.offer(event)
-
-    async def publish(self, run_id: UUID, events: list[types_pb2.RunEvent]) -> None:
-        """Deliver locally, then notify other replicas (best effort)."""
-        self.deliver_local(run_id, events)
-        if self._publisher is None or not events:
-            return
-        notice = types_pb2.RunEventNotice(
-            run_id=str(run_id), last_seq=events[-1].seq, origin=self._origin
-        )
-        try:
-            await self._publisher(
-                self._subject_for(str(run_id)), notice.SerializeToString()
-            )
-        except Exception as error:  # noqa: BLE001 - a lost notice only delays watchers
-            logger.debug("event notice failed", run_id=str(run_id), error=str(error))
-
-    def on_notice(self, payload: bytes) -> None:
-        """Wake local watchers of a run whose events another replica stored."""
-        notice = types_pb2.RunEventNotice()
-        try:
-            notice.ParseFromString(payload)
-            run_id = UUID(notice.run_id)
-        except (ValueError, TypeError, DecodeError) as error:
-            logger.warning("malformed event notice dropped", error=str(error))
-            return
-        if notice.origin == self._origin:
-            return
-        for subscription in list(self._subscriptions.get(run_id, ())):
-            subscription.offer(None)

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from nats.js import JetStreamContext
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.log import get_logger
@@ -30,6 +30,19 @@ logger = get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 2.0
 _INSERT_OUTBOX = insert(outbox)
+_OLDEST = select(outbox).order_by(outbox.c.id).limit(bindparam("batch_size"))
+_DELETE_BY_ID = delete(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True)))
+# PostgreSQL: lock the oldest rows that no other relay holds and delete them
+# in one statement. They stay deleted only if the transaction commits.
+_TAKE_OLDEST = (
+    delete(outbox)
+    .where(
+        outbox.c.id.in_(
+            _OLDEST.with_only_columns(outbox.c.id).with_for_update(skip_locked=True)
+        )
+    )
+    .returning(*outbox.c)
+)
 
 
 def outbox_row(topology: Topology, run_id: UUID, stage: str) -> dict[str, Any]:
@@ -56,14 +69,24 @@ async def enqueue_task(
     await conn.execute(_INSERT_OUTBOX, outbox_row(topology, run_id, stage))
 
 
+class UnpublishedRowsError(Exception):
+    """Some rows of a batch were not published; the batch is rolled back."""
+
+    def __init__(self, failed: int, sent: int) -> None:
+        super().__init__(f"{failed} outbox rows not published, {sent} published")
+
+
 class OutboxRelay:
     """Publishes outbox rows to JetStream; one per chat_service process.
 
-    On PostgreSQL, several relays share the table: each batch is selected
-    ``FOR UPDATE SKIP LOCKED`` and deleted in the same transaction, so two
-    relays never publish the same row at the same time. On SQLite (one
-    replica), rows are read and deleted in short transactions around the
-    publish, so the single write lock is never held while waiting on NATS.
+    On PostgreSQL, several relays share the table: each batch is deleted
+    (rows locked by another relay skipped) and published in one transaction,
+    which commits only if every row was published. So two relays never
+    publish the same row at the same time, and a failed batch is published
+    again later, where JetStream drops the rows that had gone out by their
+    ``Nats-Msg-Id``. On SQLite (one replica), rows are read and deleted in
+    short transactions around the publish, so the single write lock is never
+    held while waiting on NATS.
     """
 
     def __init__(self, db: Database, batch_size: int, poll_s: float) -> None:
@@ -124,27 +147,22 @@ class OutboxRelay:
         return min(self._poll_s * 2 ** min(self._failures, 5), 10.0)
 
     async def _relay_batch(self) -> int:
+        batch = {"batch_size": self._batch_size}
         if self._db.is_sqlite:
             async with self._db.transaction() as conn:
-                rows = await self._select(conn, lock=False)
+                rows = (await conn.execute(_OLDEST, batch)).all()
             sent_ids = await self._publish(rows)
             if sent_ids:
                 async with self._db.transaction() as conn:
-                    await conn.execute(delete(outbox).where(outbox.c.id.in_(sent_ids)))
+                    await conn.execute(_DELETE_BY_ID, {"ids": sent_ids})
             return len(sent_ids)
 
         async with self._db.transaction() as conn:
-            rows = await self._select(conn, lock=True)
+            rows = (await conn.execute(_TAKE_OLDEST, batch)).all()
             sent_ids = await self._publish(rows)
-            if sent_ids:
-                await conn.execute(delete(outbox).where(outbox.c.id.in_(sent_ids)))
+            if len(sent_ids) < len(rows):
+                raise UnpublishedRowsError(len(rows) - len(sent_ids), len(sent_ids))
         return len(sent_ids)
-
-    async def _select(self, conn: AsyncConnection, lock: bool) -> Sequence[Any]:
-        query = select(outbox).order_by(outbox.c.id).limit(self._batch_size)
-        if lock:
-            query = query.with_for_update(skip_locked=True)
-        return (await conn.execute(query)).all()
 
     async def _publish(self, rows: Sequence[Any]) -> list[int]:
         js = self._js

@@ -29,7 +29,7 @@ from bulkhead.settings import warn_if_dev_mode
 from chat_service import dead_letters
 from chat_service.config import ChatServiceSettings
 from chat_service.context import ServiceContext
-from chat_service.events import EventHub
+from chat_service.event_hub import EventHub
 from chat_service.outbox import OutboxRelay
 from chat_service.posting import PostLimits
 from chat_service.runs import RunPolicy
@@ -39,6 +39,7 @@ from chat_service.servicers.chat import ChatServicer
 from chat_service.servicers.runs import RunServicer
 from chat_service.store.database import Database
 from chat_service.sweeper import Sweeper
+from chat_service.watch import event_reader
 
 logger = get_logger(__name__)
 
@@ -66,7 +67,11 @@ def build_context(settings: ChatServiceSettings) -> ServiceContext:
         db=db,
         topology=topology,
         catalog=load_catalog(settings.models_file),
-        hub=EventHub(topology.subjects.run_events, settings.watch_queue_size),
+        hub=EventHub(
+            topology.subjects.run_events,
+            settings.watch_queue_size,
+            read_events=event_reader(db),
+        ),
         relay=OutboxRelay(db, settings.relay_batch_size, settings.relay_poll_s),
         policy=RunPolicy(lease_s=settings.lease_s, max_attempts=settings.max_attempts),
         limits=PostLimits(

@@ -15,7 +15,8 @@ from typing import Any
 from uuid import UUID
 
 from bulkhead.proto.chat.v1 import types_pb2
-from chat_service.events import TERMINAL_EVENTS, EventHub, Subscription, events_after
+from chat_service.event_hub import EventHub, EventReader, Subscription
+from chat_service.events import TERMINAL_EVENTS, events_after
 from chat_service.store.database import Database
 from chat_service.store.queries import TERMINAL_STATUSES, get_run_row
 
@@ -30,7 +31,9 @@ async def watch_events(
     last = after_seq
     try:
         while True:
-            async with db.transaction() as conn:
+            # Two reads without a common snapshot: events stored between them
+            # make the run row newer than ``last``, and the loop reads again.
+            async with db.single_statement() as conn:
                 events = await events_after(conn, run.id, last, PAGE)
                 current = await get_run_row(conn, run.id) if not events else None
             for event in events:
@@ -45,6 +48,7 @@ async def watch_events(
                     return  # the terminal event is at or before after_seq
                 continue
             subscription.overflowed = False
+            subscription.last_seq = last
             async for event in _follow(subscription, last, poll_s):
                 yield event
                 last = event.seq
@@ -52,6 +56,16 @@ async def watch_events(
                     return
     finally:
         hub.unsubscribe(subscription)
+
+
+def event_reader(db: Database) -> EventReader:
+    """Return the hub's reader: a run's events after a seq, one page at a time."""
+
+    async def read(run_id: UUID, after_seq: int) -> list[types_pb2.RunEvent]:
+        async with db.single_statement() as conn:
+            return await events_after(conn, run_id, after_seq, PAGE)
+
+    return read
 
 
 async def _follow(
@@ -71,7 +85,7 @@ async def _follow(
             subscription.drain()
             return
         yield event
-        last = event.seq
+        last = subscription.last_seq = event.seq
 
 
 async def wait_for_terminal(
@@ -83,7 +97,7 @@ async def wait_for_terminal(
     deadline = loop.time() + timeout_s
     try:
         while True:
-            async with db.transaction() as conn:
+            async with db.single_statement() as conn:
                 run = await get_run_row(conn, run_id)
             if run.status in TERMINAL_STATUSES:
                 return True

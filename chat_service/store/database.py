@@ -101,10 +101,17 @@ class Database:
 
     @asynccontextmanager
     async def single_statement(self) -> AsyncIterator[AsyncConnection]:
-        """Open a connection in autocommit mode, for one statement that is
-        atomic by itself. PostgreSQL runs such a statement in a transaction
-        of its own, which saves the BEGIN and COMMIT round trips. Never run
-        two statements that must commit together on it."""
+        """Open a connection in autocommit mode, where each statement runs in
+        a transaction of its own. That saves the BEGIN and COMMIT round trips
+        of a write that is one statement, or of reads that need no common
+        snapshot. Never run two statements that must commit together on it.
+        On SQLite, which has no round trips to save, this is :meth:`transaction`."""
+        if self.is_sqlite:
+            # The engine's BEGIN IMMEDIATE hook would also run in autocommit
+            # mode and leave the write lock taken.
+            async with self.transaction() as connection:
+                yield connection
+            return
         with _outages_mapped():
             async with self._autocommit_engine.connect() as connection:
                 yield connection
