@@ -9,6 +9,7 @@ import uvloop
 
 from agent_service.config import AgentSettings
 from agent_service.worker import AgentHandler
+from bulkhead.gc_tuning import tune_garbage_collector
 from bulkhead.log import configure_logging, get_logger
 from bulkhead.messaging import Topology
 from bulkhead.models import load_catalog
@@ -66,4 +67,5 @@ def main() -> None:
     settings = AgentSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     warn_if_dev_mode(settings, logger)
+    tune_garbage_collector()
     uvloop.run(serve(settings))

@@ -88,9 +88,11 @@ async def post_message(
     """Store a user message and its run; return the response and post-commit work."""
     model = validate_request(request, catalog, limits)
     chat_id = parse_uuid(request.chat_id, "chat") if request.chat_id else None
-    fingerprint = idempotency.fingerprint(
-        request.content, request.chat_id, request.model, request.on_busy
-    )
+    fingerprint = ""
+    if request.idempotency_key:
+        fingerprint = idempotency.fingerprint(
+            request.content, request.chat_id, request.model, request.on_busy
+        )
 
     async def attempt() -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
         return await _store(

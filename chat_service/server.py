@@ -16,6 +16,7 @@ import uvloop
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from bulkhead.gc_tuning import tune_garbage_collector
 from bulkhead.log import configure_logging, get_logger
 from bulkhead.messaging import Topology, connect_nats, ensure_stream
 from bulkhead.models import load_catalog
@@ -191,6 +192,7 @@ async def serve(settings: ChatServiceSettings) -> None:
 def main() -> None:
     settings = ChatServiceSettings()
     configure_logging("chat_service", settings.log_level, settings.log_format)
+    tune_garbage_collector()
     uvloop.run(serve(settings))
 
 

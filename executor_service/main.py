@@ -8,6 +8,7 @@ import signal
 import uvloop
 from nats.aio.client import Client
 
+from bulkhead.gc_tuning import tune_garbage_collector
 from bulkhead.log import configure_logging, get_logger
 from bulkhead.messaging import Topology
 from bulkhead.models import load_catalog
@@ -80,4 +81,5 @@ def main() -> None:
     settings = ExecutorSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     warn_if_dev_mode(settings, logger)
+    tune_garbage_collector()
     uvloop.run(serve(settings))

@@ -13,6 +13,7 @@ from types import FrameType
 
 import uvicorn
 
+from bulkhead.gc_tuning import tune_garbage_collector
 from bulkhead.log import configure_logging
 from gateway.app import create_app
 from gateway.config import GatewaySettings
@@ -30,10 +31,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_format)
+    app = create_app(settings)
+    tune_garbage_collector()
     # httptools parses HTTP faster than h11 but is an optional extra of uvicorn.
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         loop="uvloop",
