@@ -69,6 +69,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         description="REST and Server-Sent Events API of Bulkhead, a backend for AI "
         "chat applications. Errors are application/problem+json (RFC 9457).",
         lifespan=_lifespan,
+        # Starlette would build a redirect to the path without its trailing
+        # slash from the client's Host header, before authentication. So a
+        # trailing slash is a 404 problem like any other unknown path.
+        redirect_slashes=False,
     )
     app.state.settings = settings
 

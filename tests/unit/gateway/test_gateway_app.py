@@ -112,6 +112,14 @@ async def test_app_every_api_route_needs_key(
     assert_problem(response, 401)
 
 
+@pytest.mark.parametrize("path", ["/api/chats/", "/api/chat/", "/healthz/"])
+async def test_app_trailing_slash_404(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path, headers={"Host": "elsewhere.example"})
+
+    assert_problem(response, 404)
+    assert "location" not in response.headers
+
+
 async def test_app_malformed_json_without_key_401(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/api/chat", content=b"{not json", headers={"Content-Type": "application/json"}
