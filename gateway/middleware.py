@@ -1,5 +1,6 @@
-"""The outermost gateway middleware: request ids, security headers, body size,
-the per-request log line, and the 500 problem for unhandled exceptions.
+"""The outermost gateway middleware: request ids, security headers, body size
+and content coding, the per-request log line, and the 500 problem for
+unhandled exceptions.
 
 It is a plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so
 that streamed responses pass through unbuffered and the log context bound
@@ -17,7 +18,12 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bulkhead.log import bind_context, clear_context, get_logger
-from gateway.problems import BODY_TOO_LARGE, INTERNAL, problem_response
+from gateway.problems import (
+    BODY_TOO_LARGE,
+    INTERNAL,
+    UNSUPPORTED_MEDIA_TYPE,
+    problem_response,
+)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Client request ids are logged and passed to chat_service, so only short ids
@@ -59,7 +65,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
-        exchange = _Exchange(_request_id(scope), time.perf_counter())
+        headers = Headers(scope=scope)
+        exchange = _Exchange(_request_id(headers), time.perf_counter())
         scope.setdefault("state", {})["request_id"] = exchange.request_id
         clear_context()
         bind_context(request_id=exchange.request_id)
@@ -72,18 +79,36 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self._handle(scope, receive, send_with_headers, exchange)
+            await self._handle(scope, receive, send_with_headers, headers, exchange)
         finally:
             _log_request(scope, exchange)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        exchange: _Exchange,
     ) -> None:
         # A declared length over the limit is rejected before any byte of the
         # body is read; chunked bodies are counted by RequestBodyLimitMiddleware.
-        if _content_length(scope) > self.max_body_bytes:
+        if _content_length(headers) > self.max_body_bytes:
             detail = f"The request body is larger than {self.max_body_bytes} bytes."
             response = problem_response(BODY_TOO_LARGE, detail, exchange.request_id)
+            await response(scope, receive, send)
+            return
+        # Bodies are not decompressed, so a compressed one would reach the
+        # JSON parser as binary.
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            detail = (
+                f"Content-Encoding {encoding[:40]} is not supported: "
+                "send the body uncompressed."
+            )
+            response = problem_response(
+                UNSUPPORTED_MEDIA_TYPE, detail, exchange.request_id
+            )
             await response(scope, receive, send)
             return
 
@@ -101,15 +126,15 @@ class RequestContextMiddleware:
             await response(scope, receive, send)
 
 
-def _request_id(scope: Scope) -> str:
-    value = Headers(scope=scope).get(REQUEST_ID_HEADER)
+def _request_id(headers: Headers) -> str:
+    value = headers.get(REQUEST_ID_HEADER)
     if value is not None and _REQUEST_ID_PATTERN.fullmatch(value):
         return value
     return str(uuid.uuid4())
 
 
-def _content_length(scope: Scope) -> int:
-    value = Headers(scope=scope).get("content-length")
+def _content_length(headers: Headers) -> int:
+    value = headers.get("content-length")
     if value is None or not value.isdigit():
         return 0
     return int(value)

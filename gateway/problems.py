@@ -76,6 +76,9 @@ UNAUTHENTICATED = ProblemKind(401, "unauthenticated", "Unauthenticated")
 RATE_LIMITED = ProblemKind(429, "rate-limited", "Too many requests")
 UNAVAILABLE = ProblemKind(503, "unavailable", "Service unavailable")
 BODY_TOO_LARGE = ProblemKind(413, "body-too-large", "Request body too large")
+UNSUPPORTED_MEDIA_TYPE = ProblemKind(
+    415, "unsupported-media-type", "Unsupported media type"
+)
 INTERNAL = ProblemKind(500, None, "Internal Server Error")
 
 _KIND_BY_REASON: dict[str, ProblemKind] = {
@@ -219,6 +222,11 @@ async def handle_rpc_error(request: Request, error: Exception) -> JSONResponse:
 
 async def handle_validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    unsupported = _unsupported_body(request, error)
+    if unsupported is not None:
+        return problem_response(
+            UNSUPPORTED_MEDIA_TYPE, unsupported, request_id_of(request)
+        )
     errors = [_field_error(item) for item in error.errors()]
     fields = ", ".join(dict.fromkeys(item.field for item in errors))
     detail = f"The request has invalid fields: {fields}."
@@ -261,6 +269,24 @@ def _retry_after(value: str | None) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+def _unsupported_body(request: Request, error: RequestValidationError) -> str | None:
+    """Return why a sent body that failed validation is not JSON at all, or None.
+
+    FastAPI parses a body as JSON only under a JSON media type. A body sent
+    as text or as a form then fails as "not an object", which is a fault of
+    its media type, not of its fields.
+    """
+    headers = request.headers
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return None
+    if not any(tuple(item.get("loc", ()))[:1] == ("body",) for item in error.errors()):
+        return None
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return None
+    return "The body must be JSON, sent with Content-Type: application/json."
+
+
 def _field_error(item: Mapping[str, Any]) -> FieldError:
     location = [str(part) for part in item.get("loc", ())]
     if item.get("type") == "json_invalid":
@@ -299,6 +325,7 @@ _RESPONSE_DESCRIPTIONS = {
     404: "No such resource for this user.",
     409: "The request conflicts with the state of the chat or run.",
     413: "Request body too large.",
+    415: "The body is not JSON (Content-Type or Content-Encoding).",
     422: "Invalid request.",
     429: "Too many requests; see Retry-After.",
     500: "Internal error.",

@@ -44,7 +44,7 @@ router = APIRouter(prefix="/api", tags=["chat"])
             "model": PostMessageResponse,
             "description": "The run finished within the time set by Prefer: wait=N.",
         },
-        **problem_responses(401, 404, 409, 413, 422, 429, 503),
+        **problem_responses(401, 404, 409, 413, 415, 422, 429, 503),
     },
 )
 async def post_message(

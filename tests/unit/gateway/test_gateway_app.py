@@ -5,6 +5,7 @@ where nothing listens, so a request that did reach a call would get 503.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import AsyncIterator
 
 import httpx
@@ -148,6 +149,34 @@ async def test_app_chunked_body_over_limit_413(signed_in: httpx.AsyncClient) -> 
 
     assert "content-length" not in response.request.headers
     assert_problem(response, 413)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        {},
+    ],
+)
+async def test_app_body_not_json_415(
+    signed_in: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    body = b'{"content": "Hello"}'
+    if headers.get("Content-Encoding") == "gzip":
+        body = gzip.compress(body)
+    response = await signed_in.post("/api/chat", content=body, headers=headers)
+
+    problem = assert_problem(response, 415)
+    assert problem["type"] == "urn:bulkhead:problem:unsupported-media-type"
+
+
+async def test_app_empty_body_422(signed_in: httpx.AsyncClient) -> None:
+    response = await signed_in.post("/api/chat", headers={"Content-Type": "text/plain"})
+
+    problem = assert_problem(response, 422)
+    assert problem["type"] == "urn:bulkhead:problem:validation-error"
 
 
 @pytest.mark.parametrize(
