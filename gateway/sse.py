@@ -60,7 +60,9 @@ def parse_last_event_id(header: str | None, query: str | None) -> int:
         return 0
     value = value.strip()
     if not _SEQ_PATTERN.fullmatch(value) or int(value) > _MAX_SEQ:
-        raise validation_problem(field, "must be an event id: an integer from 0")
+        raise validation_problem(
+            field, f"must be an event id: an integer from 0 to {_MAX_SEQ}"
+        )
     return int(value)
 
 

@@ -71,6 +71,14 @@ def test_dev_mode_allows_and_reports() -> None:
     assert "BULKHEAD_NATS_TOKEN is a placeholder" in warnings
 
 
+def test_dev_mode_nothing_relaxed() -> None:
+    settings = ChatServiceSettings(
+        dev_mode=True, gateway_service_token=GOOD, worker_service_token=GOOD * 2
+    )
+
+    assert settings.dev_mode_warnings() == []
+
+
 def test_secrets_hidden_in_repr() -> None:
     settings = GatewaySettings(gateway_service_token=GOOD, jwt_hs256_secret=GOOD * 2)
 
