@@ -89,8 +89,7 @@ class _NamedWriteLogger(structlog.WriteLogger):
 def _dumps(event: Any, **_options: Any) -> str:
     # Values orjson has no encoding for (exceptions, paths, other objects)
     # are written as their str(). An event it rejects outright, such as one
-    # with an int over 64 bits, goes through the json module instead, so
-    # that a log call never fails.
+    # with an int over 64 bits, goes through the json module instead.
     try:
         return orjson.dumps(event, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except orjson.JSONEncodeError:

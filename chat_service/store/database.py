@@ -107,8 +107,9 @@ class Database:
         snapshot. Never run two statements that must commit together on it.
         On SQLite, which has no round trips to save, this is :meth:`transaction`."""
         if self.is_sqlite:
-            # The engine's BEGIN IMMEDIATE hook would also run in autocommit
-            # mode and leave the write lock taken.
+            # In autocommit mode SQLAlchemy sends no COMMIT, but the engine's
+            # hook still sends BEGIN IMMEDIATE, so a write would be rolled
+            # back when the connection returns to the pool.
             async with self.transaction() as connection:
                 yield connection
             return

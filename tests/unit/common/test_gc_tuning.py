@@ -4,11 +4,10 @@ keeps CPython's defaults."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 from bulkhead.gc_tuning import GEN0_THRESHOLD
+from tests.support.interpreter import run_script
 
 _SCRIPT = textwrap.dedent(
     """
@@ -27,13 +26,7 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_gc_tuning_freezes_and_raises_gen0() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    result = run_script(_SCRIPT)
     state = json.loads(result.stdout)
 
     assert state["after"][0] == GEN0_THRESHOLD

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
+
+from tests.support.interpreter import run_script
 
 # Runs in a fresh interpreter: structlog's configuration is process-wide.
 _SCRIPT = textwrap.dedent(
@@ -28,13 +28,7 @@ _SCRIPT = textwrap.dedent(
 
 
 def _log_lines() -> list[dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    result = run_script(_SCRIPT)
     assert result.stdout == ""
     return [json.loads(line) for line in result.stderr.splitlines()]
 
