@@ -7,7 +7,7 @@ import gc
 # Collections of the youngest generation, counted in net allocations of
 # container objects. CPython's default is 700. Requests allocate many
 # short-lived objects (protobuf messages, rows, dicts) that reference
-# counting frees anyway; with the default, py-spy put about 13 % of the
+# counting frees anyway. With the default, py-spy put about 13 % of the
 # gateway's busy samples in the collector during a POST load.
 GEN0_THRESHOLD = 10_000
 
