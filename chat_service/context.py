@@ -17,6 +17,7 @@ from chat_service.outbox import OutboxRelay
 from chat_service.posting import PostLimits
 from chat_service.runs import RunPolicy
 from chat_service.store.database import Database
+from chat_service.store.first_messages import FirstMessageWriter
 
 logger = get_logger(__name__)
 
@@ -31,6 +32,7 @@ class ServiceContext:
     relay: OutboxRelay
     policy: RunPolicy
     limits: PostLimits
+    first_messages: FirstMessageWriter
     nats: NatsClient | None = field(default=None)
 
     async def after_commit(self, effects: AfterCommit) -> None:

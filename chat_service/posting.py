@@ -5,8 +5,9 @@ locked), the user message, the run and, when the chat has no run in flight,
 the outbox row that schedules the agent. Nothing about AI work happens here.
 
 A message that starts a chat and carries no idempotency key reads nothing
-before it writes, so on PostgreSQL it is one statement that commits by
-itself, rate limit included (see ``store.post_rows``).
+before it writes, so on PostgreSQL it is part of a statement that commits by
+itself, rate limit included, shared with the other such messages in flight
+(see ``store.first_messages``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ from chat_service.events import AfterCommit
 from chat_service.lifecycle import dispatch_next, finish_run
 from chat_service.outbox import outbox_row
 from chat_service.store.database import Database, retry_on_conflict, utcnow
+from chat_service.store.first_messages import (
+    FirstMessage,
+    FirstMessageWriter,
+    RateLimit,
+)
 from chat_service.store.ids import uuid7
-from chat_service.store.post_rows import RateGate, insert_post_rows
+from chat_service.store.post_rows import insert_post_rows
 from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
 from chat_service.store.tables import chats, runs
 
@@ -84,8 +90,13 @@ async def post_message(
     limits: PostLimits,
     user_id: str,
     request: chat_service_pb2.PostMessageRequest,
+    *,
+    first_messages: FirstMessageWriter,
 ) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
-    """Store a user message and its run; return the response and post-commit work."""
+    """Store a user message and its run; return the response and post-commit work.
+
+    ``first_messages`` writes the messages that start chats on PostgreSQL.
+    """
     model = validate_request(request, catalog, limits)
     chat_id = parse_uuid(request.chat_id, "chat") if request.chat_id else None
     fingerprint = ""
@@ -95,6 +106,10 @@ async def post_message(
         )
 
     async def attempt() -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
+        if chat_id is None and not request.idempotency_key and not db.is_sqlite:
+            return await _store_first_message(
+                first_messages, topology, limits, user_id, request, model
+            )
         return await _store(
             db, topology, limits, user_id, request, chat_id, model, fingerprint
         )
@@ -114,8 +129,6 @@ async def _store(
 ) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
     """Run PostMessage's transaction once."""
     key = request.idempotency_key
-    if chat_id is None and not key and not db.is_sqlite:
-        return await _store_first_message(db, topology, limits, user_id, request, model)
     effects = AfterCommit()
     async with db.transaction() as conn:
         if key:
@@ -163,14 +176,14 @@ async def _store(
 
 
 async def _store_first_message(
-    db: Database,
+    first_messages: FirstMessageWriter,
     topology: Topology,
     limits: PostLimits,
     user_id: str,
     request: chat_service_pb2.PostMessageRequest,
     model: str,
 ) -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
-    """Store a message that starts a new chat with one statement (PostgreSQL)."""
+    """Store a message that starts a new chat (PostgreSQL)."""
     chat_id = uuid.uuid4()
     chat = _new_chat_row(chat_id, user_id, request.content)
     message, run = _message_and_run_rows(
@@ -178,19 +191,11 @@ async def _store_first_message(
     )
     limit = limits.max_messages_per_minute
     timestamp = chat["created_at"].timestamp()
-    rate = None
-    if limit > 0:
-        rate = RateGate(user_id, rate_limits.window_of(timestamp), limit)
-    async with db.single_statement() as conn:
-        inserted = await insert_post_rows(
-            conn,
-            chat=chat,
-            message=message,
-            run=run,
-            outbox_row=outbox_row(topology, run["id"], "agent"),
-            rate=rate,
-        )
-    if not inserted:
+    rate = RateLimit(rate_limits.window_of(timestamp), limit) if limit > 0 else None
+    item = FirstMessage(
+        user_id, chat, message, run, outbox_row(topology, run["id"], "agent")
+    )
+    if not await first_messages.write(item, rate):
         raise rate_limits.limited_error(limit, timestamp)
     effects = AfterCommit()
     effects.outbox_rows += 1
@@ -230,7 +235,7 @@ async def _lock_chat(conn: AsyncConnection, user_id: str, chat_id: UUID) -> int:
         )
     ).first()
     if row is None:
-        raise NotFoundError("chat not found")
+        raise NotFoundError.for_resource("chat")
     return int(row.last_seq)
 
 

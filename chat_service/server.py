@@ -39,6 +39,7 @@ from chat_service.servicers.auth import AuthServicer
 from chat_service.servicers.chat import ChatServicer
 from chat_service.servicers.runs import RunServicer
 from chat_service.store.database import Database
+from chat_service.store.first_messages import FirstMessageWriter
 from chat_service.sweeper import Sweeper
 from chat_service.watch import event_reader
 
@@ -80,6 +81,7 @@ def build_context(settings: ChatServiceSettings) -> ServiceContext:
             idempotency_ttl_s=settings.idempotency_ttl_s,
             max_messages_per_minute=settings.max_messages_per_minute,
         ),
+        first_messages=FirstMessageWriter(db),
     )
 
 

@@ -45,7 +45,13 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         bind_context(user_id=user_id)
         ctx = self._ctx
         response, effects = await posting.post_message(
-            ctx.db, ctx.topology, ctx.catalog, ctx.limits, user_id, request
+            ctx.db,
+            ctx.topology,
+            ctx.catalog,
+            ctx.limits,
+            user_id,
+            request,
+            first_messages=ctx.first_messages,
         )
         await ctx.after_commit(effects)
         bind_context(chat_id=response.chat_id, run_id=response.run.id)

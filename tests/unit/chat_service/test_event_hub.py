@@ -19,6 +19,7 @@ from chat_service.events import append_events
 from chat_service.migrate import upgrade
 from chat_service.posting import PostLimits, post_message
 from chat_service.store.database import Database
+from chat_service.store.first_messages import FirstMessageWriter
 from chat_service.store.queries import get_run_row
 from chat_service.watch import event_reader
 from tests.conftest import DATABASE_KINDS, REPO_ROOT
@@ -59,6 +60,7 @@ async def _new_run(db: Database) -> UUID:
         PostLimits(max_content_chars=100, idempotency_ttl_s=60),
         "hub-user",
         chat_service_pb2.PostMessageRequest(content="hello"),
+        first_messages=FirstMessageWriter(db),
     )
     return UUID(response.run.id)
 
