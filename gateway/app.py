@@ -23,7 +23,7 @@ from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import auth_service_pb2_grpc, chat_service_pb2_grpc
 from bulkhead.rpc import create_channel, service_metadata
 from bulkhead.settings import warn_if_dev_mode
-from gateway.auth import ApiKeyAuthenticator, authenticate, bearer_scheme
+from gateway.auth import BEARER_SCHEME_DESCRIPTION, ApiKeyAuthenticator, authenticate
 from gateway.config import GatewaySettings
 from gateway.jwt_auth import JwtVerifier
 from gateway.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -41,6 +41,7 @@ from gateway.stream_limits import StreamLimiter
 # Time given to calls still in flight when the channel closes at shutdown.
 _CHANNEL_CLOSE_GRACE_S = 1.0
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_BEARER_SCHEME = "HTTPBearer"
 _CORS_REQUEST_HEADERS = [
     "Authorization",
     "Content-Type",
@@ -67,12 +68,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="Bulkhead API",
         version=version("bulkhead"),
         description="REST and Server-Sent Events API of Bulkhead, a backend for AI "
-        "chat applications. Errors are application/problem+json (RFC 9457).",
+        "chat applications. Errors are application/problem+json (RFC 9457). "
+        "Every GET operation also answers HEAD, with the same status and "
+        "headers and no body.",
         lifespan=_lifespan,
         # Starlette would build a redirect to the path without its trailing
         # slash from the client's Host header, before authentication. So a
         # trailing slash is a 404 problem like any other unknown path.
         redirect_slashes=False,
+        telemetry={
+            "tracing": settings.gateway_opentelemetry,
+            "metrics": settings.gateway_opentelemetry,
+            "logs": settings.gateway_opentelemetry,
+        },
     )
     app.state.settings = settings
 
@@ -131,7 +139,7 @@ async def _handle_validation_error(request: Request, error: Exception) -> Respon
     # 401, whatever the body.
     if request.url.path.startswith("/api/") and not hasattr(request.state, "user_id"):
         try:
-            await authenticate(request, await bearer_scheme(request))
+            await authenticate(request)
         except ProblemError as problem:
             return await handle_problem_error(request, problem)
         except grpc.RpcError as rpc_error:
@@ -178,7 +186,8 @@ def _add_middleware(app: FastAPI, settings: GatewaySettings) -> None:
 
 
 def _openapi_with_problem_media_type(app: FastAPI) -> dict[str, Any]:
-    """Build the OpenAPI document with every error body as application/problem+json.
+    """Build the OpenAPI document with every error body as application/problem+json
+    and the bearer scheme on every ``/api`` route.
 
     FastAPI lists ``responses=`` models under the route's own media type,
     application/json, and adds its own 422 body to routes with parameters.
@@ -186,11 +195,17 @@ def _openapi_with_problem_media_type(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = FastAPI.openapi(app)
-    for operations in schema.get("paths", {}).values():
+    for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             for status, response in operation.get("responses", {}).items():
                 if status.isdigit() and int(status) >= 400:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}
+            # Every /api route authenticates (gateway.auth).
+            if path.startswith("/api/"):
+                operation["security"] = [{_BEARER_SCHEME: []}]
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})[
+        _BEARER_SCHEME
+    ] = {"type": "http", "scheme": "bearer", "description": BEARER_SCHEME_DESCRIPTION}
     # FastAPI's own 422 body, replaced above by the problem body on every route.
     for name in ("HTTPValidationError", "ValidationError"):
         schema.get("components", {}).get("schemas", {}).pop(name, None)

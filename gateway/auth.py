@@ -25,7 +25,7 @@ from typing import Annotated
 
 import grpc
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from bulkhead.log import bind_context, get_logger
 from bulkhead.proto.chat.v1 import auth_service_pb2, auth_service_pb2_grpc
@@ -45,12 +45,12 @@ INVALID_CREDENTIALS = "The API key or token is invalid, expired or revoked."
 
 logger = get_logger(__name__)
 
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    description=(
-        "An API key, as printed by `python -m chat_service.admin create-api-key`, "
-        "or a JWT from the configured identity provider."
-    ),
+# Described in the OpenAPI document by gateway.app, since the header is read
+# here rather than through FastAPI's HTTPBearer dependency, which would cost
+# a dependency call per request.
+BEARER_SCHEME_DESCRIPTION = (
+    "An API key, as printed by `python -m chat_service.admin create-api-key`, "
+    "or a JWT from the configured identity provider."
 )
 
 
@@ -161,18 +161,26 @@ class ApiKeyAuthenticator:
             lookup.exception()
 
 
-async def authenticate(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Caller:
+def bearer_credential(request: Request) -> str | None:
+    """Return the credential of an ``Authorization: Bearer`` header, or None."""
+    scheme, credential = get_authorization_scheme_param(
+        request.headers.get("authorization")
+    )
+    if scheme.lower() != "bearer" or not credential:
+        return None
+    return credential
+
+
+async def authenticate(request: Request) -> Caller:
     """Resolve the request's bearer API key or JWT, or raise a 401 problem."""
-    if credentials is None:
+    credential = bearer_credential(request)
+    if credential is None:
         raise unauthenticated_problem(
             "Missing credentials: send the header Authorization: Bearer <API key "
             "or token>."
         )
     request_id: str = request.state.request_id
-    user_id = await _user_id_of(request, credentials.credentials, request_id)
+    user_id = await _user_id_of(request, credential, request_id)
     request.state.user_id = user_id
     bind_context(user_id=user_id)
     return Caller(

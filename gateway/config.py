@@ -46,6 +46,14 @@ class GatewaySettings(CommonSettings):
         ge=0,
         description="Seconds to let open requests and streams finish on SIGTERM.",
     )
+    gateway_opentelemetry: bool = Field(
+        default=False,
+        description=(
+            "Emit FastAPI's OpenTelemetry request spans, metrics and logs through "
+            "the globally configured providers. Off, no request pays for the "
+            "check whether a provider is configured."
+        ),
+    )
     gateway_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed by CORS; empty disables CORS.",

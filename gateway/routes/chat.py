@@ -6,13 +6,13 @@ import re
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from google.protobuf.duration_pb2 import Duration
 
 from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import chat_service_pb2, chat_service_pb2_grpc, types_pb2
 from gateway.auth import Caller, CallerDep
-from gateway.deps import ChatStubDep, SettingsDep
+from gateway.config import GatewaySettings
 from gateway.problems import problem_responses, validation_problem
 from gateway.schemas import (
     ON_BUSY_VALUES,
@@ -49,15 +49,15 @@ router = APIRouter(prefix="/api", tags=["chat"])
 )
 async def post_message(
     body: PostMessageRequest,
+    request: Request,
     response: Response,
     caller: CallerDep,
-    stub: ChatStubDep,
-    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            description="1 to 255 printable ASCII characters; a retry with the "
+            description="1 to 255 printable ASCII characters, with no space at "
+            "the start or end; a retry with the "
             "same key and body returns the first response.",
         ),
     ] = None,
@@ -71,12 +71,18 @@ async def post_message(
     ] = None,
 ) -> PostMessageResponse:
     """Store a user message and queue a run that replies to it."""
+    # Read from the app state rather than through dependencies, since this is
+    # the busiest route and each dependency costs CPU per request.
+    settings: GatewaySettings = request.app.state.settings
+    stub: chat_service_pb2_grpc.ChatServiceStub = request.app.state.chat_stub
     _check_content_length(body.content, settings.max_content_chars)
     if idempotency_key is not None and not _IDEMPOTENCY_KEY_PATTERN.fullmatch(
         idempotency_key
     ):
         raise validation_problem(
-            "Idempotency-Key", "must be 1 to 255 printable ASCII characters"
+            "Idempotency-Key",
+            "must be 1 to 255 printable ASCII characters, with no space at the "
+            "start or end",
         )
 
     posted = await stub.PostMessage(

@@ -239,6 +239,10 @@ async def test_app_invalid_idempotency_key_422(
     errors = problem["errors"]
     assert isinstance(errors, list)
     assert errors[0]["field"] == "Idempotency-Key"
+    assert errors[0]["message"] == (
+        "must be 1 to 255 printable ASCII characters, with no space at the start "
+        "or end"
+    )
 
 
 @pytest.mark.parametrize(
@@ -396,6 +400,18 @@ async def test_app_openapi_post_chat_responses(client: httpx.AsyncClient) -> Non
 
     responses = document["paths"]["/api/chat"]["post"]["responses"]
     assert {"200", "202", "401", "413", "422", "409", "429", "503"} <= set(responses)
+
+
+async def test_app_openapi_bearer_on_api_routes(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    scheme = document["components"]["securitySchemes"]["HTTPBearer"]
+    assert scheme["type"] == "http"
+    assert scheme["scheme"] == "bearer"
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            expected = [{"HTTPBearer": []}] if path.startswith("/api/") else None
+            assert operation.get("security") == expected, (path, method)
 
 
 async def test_app_docs_page(client: httpx.AsyncClient) -> None:
