@@ -47,6 +47,16 @@ class NotFoundError(ChatServiceError):
     code = grpc.StatusCode.NOT_FOUND
     reason = Reason.NOT_FOUND
 
+    @classmethod
+    def for_resource(cls, resource: str) -> NotFoundError:
+        """Build the error for an unknown ``resource``, such as "chat" or "run".
+
+        The gateway returns the message to clients as it is, and it returns
+        the same sentence for a malformed id in a path (gateway.deps), so
+        that a client cannot tell which check failed.
+        """
+        return cls(f"The {resource} was not found.")
+
 
 class IdempotencyKeyReusedError(ChatServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT

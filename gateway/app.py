@@ -164,7 +164,24 @@ async def _handle_http_exception(request: Request, error: Exception) -> Response
             ]
         )
         return await _handle_validation_error(request, invalid)
+    if isinstance(error, HTTPException) and error.status_code == 405:
+        error = _with_head_allowed(error)
     return await handle_http_exception(request, error)
+
+
+def _with_head_allowed(error: HTTPException) -> HTTPException:
+    """Add HEAD to the Allow header of a 405 that allows GET.
+
+    Each GET route has a HEAD route of its own (gateway.routes.get_and_head),
+    but Starlette's Allow header lists only the methods of the first route
+    that matches the path.
+    """
+    headers = dict(error.headers or {})
+    allowed = [method.strip() for method in headers.get("Allow", "").split(",")]
+    if "GET" not in allowed or "HEAD" in allowed:
+        return error
+    headers["Allow"] = ", ".join([*allowed, "HEAD"])
+    return HTTPException(error.status_code, error.detail, headers)
 
 
 def _add_middleware(app: FastAPI, settings: GatewaySettings) -> None:

@@ -30,7 +30,7 @@ def parse_uuid(value: str, what: str) -> UUID:
     try:
         return UUID(value)
     except (ValueError, AttributeError, TypeError):
-        raise NotFoundError(f"{what} not found") from None
+        raise NotFoundError.for_resource(what) from None
 
 
 # Statements of every run transition, built once: building a statement per
@@ -56,7 +56,7 @@ async def get_run_row(
     query = _LOCK_RUN if lock else _SELECT_RUN
     row = (await conn.execute(query, {"target_run_id": run_id})).first()
     if row is None or (user_id is not None and row.user_id != user_id):
-        raise NotFoundError("run not found")
+        raise NotFoundError.for_resource("run")
     return row
 
 
@@ -72,7 +72,7 @@ async def lock_run_and_chat(
     """
     locked = await conn.execute(_LOCK_CHAT_OF_RUN, {"target_run_id": run_id})
     if locked.first() is None:
-        raise NotFoundError("run not found")
+        raise NotFoundError.for_resource("run")
     return await get_run_row(conn, run_id, user_id, lock=True)
 
 
@@ -104,19 +104,45 @@ async def load_run_details(
     return assistant, calls
 
 
-def encode_cursor(values: Sequence[Any]) -> str:
-    raw = orjson.dumps([str(v) if isinstance(v, UUID) else v for v in values])
+# Listing names that cursors carry: the user's chats, or one chat's messages.
+CHATS_LISTING = "chats"
+
+
+def messages_listing(chat_id: UUID) -> str:
+    return f"messages:{chat_id}"
+
+
+def encode_cursor(listing: str, values: Sequence[Any]) -> str:
+    """Encode the keyset ``values`` of a page's last row as an opaque cursor.
+
+    The cursor starts with the name of its listing, so that a cursor passed
+    to another listing, or to the messages of another chat, is rejected as
+    malformed instead of being read as the keyset of other rows.
+
+    NOTE: cursors made before the listing name was added are rejected too. A
+    client that pages through a listing while chat_service is upgraded gets
+    422 and starts again from the first page.
+    """
+    keyset = [str(v) if isinstance(v, UUID) else v for v in values]
+    raw = orjson.dumps([listing, *keyset])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, types: Sequence[type]) -> list[Any]:
-    """Decode a cursor made by :func:`encode_cursor`; raise InvalidArgumentError."""
+def decode_cursor(cursor: str, listing: str, types: Sequence[type]) -> list[Any]:
+    """Decode a cursor that :func:`encode_cursor` made for ``listing``.
+
+    Returns its keyset values, one of each of ``types``. Raises
+    InvalidArgumentError for anything else.
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not isinstance(values, list) or len(values) != len(types):
+        if not isinstance(values, list) or len(values) != len(types) + 1:
             raise ValueError("wrong length")
-        return [_cursor_value(kind, value) for kind, value in zip(types, values)]
+        if values[0] != listing:
+            raise ValueError("cursor of another listing")
+        keyset = values[1:]
+        return [_cursor_value(kind, value) for kind, value in zip(types, keyset)]
     except (
         ValueError,
         TypeError,
@@ -150,7 +176,7 @@ async def list_chats(
     """Return a page of the user's chats, newest first, and the next cursor."""
     query = select(chats).where(chats.c.user_id == user_id)
     if cursor:
-        created_us, chat_id = decode_cursor(cursor, (int, UUID))
+        created_us, chat_id = decode_cursor(cursor, CHATS_LISTING, (int, UUID))
         created_at = _from_micros(created_us)
         query = query.where(
             or_(
@@ -169,7 +195,9 @@ async def list_chats(
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        next_cursor = encode_cursor([_to_micros(last.created_at), last.id])
+        next_cursor = encode_cursor(
+            CHATS_LISTING, [_to_micros(last.created_at), last.id]
+        )
     return rows, next_cursor
 
 
@@ -183,10 +211,11 @@ async def list_messages(
         )
     ).first()
     if owner is None:
-        raise NotFoundError("chat not found")
+        raise NotFoundError.for_resource("chat")
+    listing = messages_listing(chat_id)
     query = select(messages).where(messages.c.chat_id == chat_id)
     if cursor:
-        seq, message_id = decode_cursor(cursor, (int, UUID))
+        seq, message_id = decode_cursor(cursor, listing, (int, UUID))
         query = query.where(
             tuple_(messages.c.seq, messages.c.id) > tuple_(seq, message_id)
         )
@@ -198,13 +227,13 @@ async def list_messages(
     next_cursor = ""
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = encode_cursor([rows[-1].seq, rows[-1].id])
+        next_cursor = encode_cursor(listing, [rows[-1].seq, rows[-1].id])
     page_chars = 0
     for index, row in enumerate(rows):
         page_chars += len(row.content)
         if index and page_chars > MAX_PAGE_CHARS:
             rows = rows[:index]
-            next_cursor = encode_cursor([rows[-1].seq, rows[-1].id])
+            next_cursor = encode_cursor(listing, [rows[-1].seq, rows[-1].id])
             break
     return rows, next_cursor
 

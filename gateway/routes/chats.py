@@ -10,6 +10,7 @@ from bulkhead.proto.chat.v1 import chat_service_pb2
 from gateway.auth import CallerDep
 from gateway.deps import ChatStubDep, SettingsDep, resource_id
 from gateway.problems import problem_responses
+from gateway.routes import get_and_head
 from gateway.schemas import ChatPage, MessagePage, chat_from_proto, message_from_proto
 
 MAX_CURSOR_CHARS = 1024
@@ -26,7 +27,9 @@ CursorQuery = Annotated[
 ]
 
 
-@router.get("", response_model=ChatPage, responses=problem_responses(401, 422, 503))
+@get_and_head(
+    router, "", response_model=ChatPage, responses=problem_responses(401, 422, 503)
+)
 async def list_chats(
     caller: CallerDep,
     stub: ChatStubDep,
@@ -46,7 +49,8 @@ async def list_chats(
     )
 
 
-@router.get(
+@get_and_head(
+    router,
     "/{chat_id}/messages",
     response_model=MessagePage,
     responses=problem_responses(401, 404, 422, 503),

@@ -16,6 +16,7 @@ from gateway.problems import (
     problem_responses,
     request_id_of,
 )
+from gateway.routes import get_and_head
 
 logger = get_logger(__name__)
 router = APIRouter(tags=["health"])
@@ -44,14 +45,17 @@ class ReadinessResponse(BaseModel):
     checks: dict[str, str]
 
 
-@router.get("/healthz", response_model=HealthResponse)
+@get_and_head(router, "/healthz", response_model=HealthResponse)
 async def healthz() -> HealthResponse:
     """Report that the gateway process is up."""
     return HealthResponse()
 
 
-@router.get(
-    "/readyz", response_model=ReadinessResponse, responses=problem_responses(503)
+@get_and_head(
+    router,
+    "/readyz",
+    response_model=ReadinessResponse,
+    responses=problem_responses(503),
 )
 async def readyz(
     request: Request, settings: SettingsDep

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from bulkhead.proto.chat.v1 import chat_service_pb2
 from gateway.auth import CallerDep
 from gateway.deps import ChatStubDep, SettingsDep, resource_id
 from gateway.problems import problem_responses
+from gateway.routes import get_and_head
 from gateway.schemas import TERMINAL_RUN_STATUSES, Run, run_from_proto
 from gateway.sse import SSE_HEADERS, StreamLimits, parse_last_event_id, relay_run_events
 from gateway.stream_limits import LimitedStreamingResponse, StreamLimiter
@@ -32,7 +34,8 @@ _EVENT_STREAM_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get(
+@get_and_head(
+    router,
     "/{run_id}",
     response_model=Run,
     response_description="The run.",
@@ -94,8 +97,11 @@ async def retry_run(
     return run
 
 
-@router.get(
-    "/{run_id}/events", response_class=Response, responses=_EVENT_STREAM_RESPONSES
+@get_and_head(
+    router,
+    "/{run_id}/events",
+    response_class=Response,
+    responses=_EVENT_STREAM_RESPONSES,
 )
 async def stream_run_events(
     request: Request,
@@ -129,13 +135,23 @@ async def stream_run_events(
         # but stops on any other status, so a finished stream returns 204.
         return Response(status_code=204)
 
+    limiter: StreamLimiter = request.app.state.stream_limiter
+    if request.method == "HEAD":
+        # A stream lasts until the run ends, and a response to HEAD has no
+        # body, so HEAD gets the headers of GET over an empty body and opens
+        # no WatchRun call. It gets the 429 of GET when the user has no
+        # stream slot left, but it does not keep one.
+        limiter.acquire(caller.user_id)()
+        return StreamingResponse(
+            iter(()), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+
     limits = StreamLimits(
         heartbeat_s=settings.sse_heartbeat_s,
         max_duration_s=settings.sse_max_duration_s,
         retry_ms=settings.sse_retry_ms,
     )
     watch = chat_service_pb2.WatchRunRequest(run_id=run_uuid, after_seq=after_seq)
-    limiter: StreamLimiter = request.app.state.stream_limiter
     release = limiter.acquire(caller.user_id)
     try:
         return LimitedStreamingResponse(

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support.api import auth, post_chat
+from tests.support.api import auth, post_chat, wait_for_run
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 
@@ -148,6 +148,30 @@ async def test_unknown_ids_are_404(
         assert_problem(response, 404)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "detail"),
+    [
+        ("GET", "/api/runs/{id}", "The run was not found."),
+        ("GET", "/api/runs/{id}/events", "The run was not found."),
+        ("POST", "/api/runs/{id}/cancel", "The run was not found."),
+        ("POST", "/api/runs/{id}/retry", "The run was not found."),
+        ("GET", "/api/chats/{id}/messages", "The chat was not found."),
+    ],
+)
+async def test_unknown_and_malformed_ids_same_detail(
+    gateway_client: httpx.AsyncClient, api_key, method: str, path: str, detail: str
+) -> None:
+    key = api_key()
+
+    for value in (str(uuid.uuid4()), "not-a-uuid"):
+        response = await gateway_client.request(
+            method, path.format(id=value), headers=auth(key)
+        )
+        problem = assert_problem(response, 404)
+        assert problem["type"] == "urn:bulkhead:problem:not-found", value
+        assert problem["detail"] == detail, value
+
+
 @pytest.mark.parametrize("limit", ["0", "101", "-1", "ten"])
 async def test_bad_page_limit_is_422(
     gateway_client: httpx.AsyncClient, api_key, limit: str
@@ -167,6 +191,37 @@ async def test_bad_cursor_is_422(gateway_client: httpx.AsyncClient, api_key) -> 
     )
 
     assert_problem(response, 422)
+
+
+async def test_cursor_of_other_listing_is_422(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+    first = (await post_chat(gateway_client, key, "first chat")).json()
+    await post_chat(gateway_client, key, "second chat")
+    await wait_for_run(gateway_client, key, first["run"]["id"])
+    messages_path = f"/api/chats/{first['chat_id']}/messages"
+    chats_page = await gateway_client.get(
+        "/api/chats", params={"limit": 1}, headers=auth(key)
+    )
+    messages_page = await gateway_client.get(
+        messages_path, params={"limit": 1}, headers=auth(key)
+    )
+    chats_cursor = chats_page.json()["next_cursor"]
+    messages_cursor = messages_page.json()["next_cursor"]
+    assert chats_cursor is not None
+    assert messages_cursor is not None
+
+    messages_with_chats_cursor = await gateway_client.get(
+        messages_path, params={"cursor": chats_cursor}, headers=auth(key)
+    )
+    chats_with_messages_cursor = await gateway_client.get(
+        "/api/chats", params={"cursor": messages_cursor}, headers=auth(key)
+    )
+
+    for response in (messages_with_chats_cursor, chats_with_messages_cursor):
+        problem = assert_problem(response, 422)
+        assert problem["errors"][0]["field"] == "cursor"
 
 
 async def test_bad_last_event_id_is_422(

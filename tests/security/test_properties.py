@@ -17,8 +17,10 @@ from chat_service.idempotency import fingerprint
 from chat_service.store.queries import (
     _MAX_CURSOR_INT,
     _MIN_CURSOR_INT,
+    CHATS_LISTING,
     decode_cursor,
     encode_cursor,
+    messages_listing,
 )
 from gateway.schemas import PostMessageRequest
 
@@ -55,17 +57,37 @@ def test_fingerprint_fields_not_confused(content: str, chat_id: str) -> None:
 
 @given(cursor_ints, st.uuids())
 def test_cursor_round_trip(number: int, identifier: uuid.UUID) -> None:
-    cursor = encode_cursor([number, identifier])
+    cursor = encode_cursor(CHATS_LISTING, [number, identifier])
 
-    assert decode_cursor(cursor, (int, uuid.UUID)) == [number, identifier]
+    assert decode_cursor(cursor, CHATS_LISTING, (int, uuid.UUID)) == [
+        number,
+        identifier,
+    ]
     assert cursor.isascii()
+
+
+@given(cursor_ints, st.uuids(), st.uuids(), st.uuids())
+def test_cursor_other_listing_rejected(
+    number: int, identifier: uuid.UUID, chat_id: uuid.UUID, other_chat_id: uuid.UUID
+) -> None:
+    listings = [CHATS_LISTING, messages_listing(chat_id)]
+    if other_chat_id != chat_id:
+        listings.append(messages_listing(other_chat_id))
+
+    for made_for in listings:
+        cursor = encode_cursor(made_for, [number, identifier])
+        for passed_to in listings:
+            if passed_to == made_for:
+                continue
+            with pytest.raises(InvalidArgumentError):
+                decode_cursor(cursor, passed_to, (int, uuid.UUID))
 
 
 @given(st.text(max_size=200))
 @settings(max_examples=500)
 def test_cursor_decode_only_invalid_argument(cursor: str) -> None:
     try:
-        decode_cursor(cursor, (int, uuid.UUID))
+        decode_cursor(cursor, CHATS_LISTING, (int, uuid.UUID))
     except InvalidArgumentError:
         pass
 
@@ -83,10 +105,10 @@ def test_cursor_decode_only_invalid_argument(cursor: str) -> None:
     )
 )
 def test_cursor_decode_rejects_forged_values(values: list[object]) -> None:
-    raw = json.dumps(values).encode()
+    raw = json.dumps([CHATS_LISTING, *values]).encode()
     cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     try:
-        number, identifier = decode_cursor(cursor, (int, uuid.UUID))
+        number, identifier = decode_cursor(cursor, CHATS_LISTING, (int, uuid.UUID))
     except InvalidArgumentError:
         return
     assert _MIN_CURSOR_INT <= number <= _MAX_CURSOR_INT

@@ -10,7 +10,13 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 from bulkhead.rpc import FieldViolation, Reason, build_status
-from gateway.problems import handle_validation_error, problem_for_rpc_error
+from chat_service.errors import NotFoundError
+from gateway.deps import resource_id
+from gateway.problems import (
+    ProblemError,
+    handle_validation_error,
+    problem_for_rpc_error,
+)
 
 
 def rpc_error(
@@ -197,3 +203,23 @@ async def test_validation_error_invalid_json_is_body_field() -> None:
     assert body["errors"] == [
         {"field": "body", "message": "Invalid JSON: Expecting value."}
     ]
+
+
+@pytest.mark.parametrize("resource", ["run", "chat"])
+def test_rpc_not_found_detail_as_malformed_id(resource: str) -> None:
+    # chat_service's error for an unknown id, as the gateway receives it.
+    status = NotFoundError.for_resource(resource).to_status()
+    error = grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        status.details,
+    )
+    with pytest.raises(ProblemError) as malformed:
+        resource_id("not-a-uuid", resource)
+
+    problem = problem_for_rpc_error(error)
+
+    assert problem.kind.status == 404
+    assert problem.detail == f"The {resource} was not found."
+    assert problem.detail == malformed.value.detail
