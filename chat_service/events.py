@@ -14,18 +14,18 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import types_pb2
 from bulkhead.rpc import to_timestamp
 from chat_service.store.database import as_utc, utcnow
+from chat_service.store.deferred import defer_insert
 from chat_service.store.queries import update_run
 from chat_service.store.tables import run_events
 
 logger = get_logger(__name__)
-_INSERT_EVENTS = insert(run_events)
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
@@ -72,7 +72,7 @@ async def append_events(
         )
     if not rows:
         return []
-    await conn.execute(_INSERT_EVENTS, rows)
+    await defer_insert(conn, run_events, rows)
     if advance_counter:
         await update_run(conn, run_id, {"event_seq": seq})
     return [to_proto(r["seq"], r["type"], r["data"], now) for r in rows]

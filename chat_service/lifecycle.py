@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.messaging import Topology
 from chat_service.events import AfterCommit, append_events
 from chat_service.outbox import enqueue_task
 from chat_service.store.database import utcnow
+from chat_service.store.deferred import defer_update
 from chat_service.store.queries import ACTIVE_STATUSES, update_run
 from chat_service.store.tables import chats, messages, runs
 
@@ -74,10 +75,11 @@ async def finish_run(
         },
     )
     if run.assistant_message_id is not None:
-        await conn.execute(
-            update(messages)
-            .where(messages.c.id == run.assistant_message_id)
-            .values(status=_MESSAGE_STATUS[status], updated_at=now)
+        await defer_update(
+            conn,
+            messages,
+            ("id", run.assistant_message_id),
+            {"status": _MESSAGE_STATUS[status], "updated_at": now},
         )
     effects.add_events(run.id, stored)
     if status == "cancelled":

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from nats.js import JetStreamContext
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.log import get_logger
@@ -24,12 +24,12 @@ from bulkhead.messaging import Topology
 from bulkhead.proto.agent.v1 import agent_pb2
 from bulkhead.proto.executor.v1 import executor_pb2
 from chat_service.store.database import Database, utcnow
+from chat_service.store.deferred import defer_insert
 from chat_service.store.tables import outbox
 
 logger = get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 2.0
-_INSERT_OUTBOX = insert(outbox)
 _OLDEST = select(outbox).order_by(outbox.c.id).limit(bindparam("batch_size"))
 _DELETE_BY_ID = delete(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True)))
 # PostgreSQL: lock the oldest rows that no other relay holds and delete them
@@ -65,8 +65,9 @@ def outbox_row(topology: Topology, run_id: UUID, stage: str) -> dict[str, Any]:
 async def enqueue_task(
     conn: AsyncConnection, topology: Topology, run_id: UUID, stage: str
 ) -> None:
-    """Insert the outbox row that schedules ``stage`` ("agent" or "executor")."""
-    await conn.execute(_INSERT_OUTBOX, outbox_row(topology, run_id, stage))
+    """Insert the outbox row that schedules ``stage`` ("agent" or "executor"),
+    as a deferred write."""
+    await defer_insert(conn, outbox, [outbox_row(topology, run_id, stage)])
 
 
 class UnpublishedRowsError(Exception):

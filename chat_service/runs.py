@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Text, bindparam, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bulkhead.messaging import Topology
@@ -30,6 +30,7 @@ from chat_service.events import AfterCommit, append_events
 from chat_service.lifecycle import finish_run
 from chat_service.outbox import enqueue_task
 from chat_service.store.database import as_utc, utcnow
+from chat_service.store.deferred import defer_insert, defer_update
 from chat_service.store.ids import uuid7
 from chat_service.store.queries import (
     TERMINAL_STATUSES,
@@ -44,17 +45,6 @@ STAGE_NAMES = {
     run_service_pb2.STAGE_EXECUTOR: "executor",
 }
 MAX_ERROR_MESSAGE_CHARS = 2000
-_INSERT_MESSAGE = insert(messages)
-_UPDATE_MESSAGE = update(messages).where(
-    messages.c.id == bindparam("target_message_id")
-)
-_APPEND_CONTENT = _UPDATE_MESSAGE.values(
-    content=messages.c.content + bindparam("text", type_=Text()),
-    updated_at=bindparam("now"),
-)
-_REPLACE_CONTENT = _UPDATE_MESSAGE.values(
-    content=bindparam("text"), updated_at=bindparam("now")
-)
 
 
 @dataclass(frozen=True)
@@ -380,20 +370,18 @@ def _exhausted_message(run: Any) -> str:
 async def _create_assistant_message(conn: AsyncConnection, run: Any) -> UUID:
     now = utcnow()
     message_id = uuid7()
-    await conn.execute(
-        _INSERT_MESSAGE,
-        {
-            "id": message_id,
-            "chat_id": run.chat_id,
-            "seq": run.user_message_seq + 1,
-            "role": "assistant",
-            "content": "",
-            "status": "streaming",
-            "run_id": run.id,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    row = {
+        "id": message_id,
+        "chat_id": run.chat_id,
+        "seq": run.user_message_seq + 1,
+        "role": "assistant",
+        "content": "",
+        "status": "streaming",
+        "run_id": run.id,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await defer_insert(conn, messages, [row])
     return message_id
 
 
@@ -505,9 +493,12 @@ async def _apply_content(
     text = "".join(value for _, value in tail)
     if not reset and not text:
         return
-    statement = _REPLACE_CONTENT if reset else _APPEND_CONTENT
-    await conn.execute(
-        statement, {"target_message_id": message_id, "text": text, "now": now}
+    await defer_update(
+        conn,
+        messages,
+        ("id", message_id),
+        {"content": text, "updated_at": now},
+        append=() if reset else ("content",),
     )
 
 
@@ -557,8 +548,7 @@ async def _insert_calls(conn: AsyncConnection, run_id: UUID, calls: Any) -> None
         }
         for call in calls
     ]
-    if rows:
-        await conn.execute(insert(model_calls), rows)
+    await defer_insert(conn, model_calls, rows)
 
 
 def _call_data(call: types_pb2.ModelCall) -> dict[str, Any]:

@@ -14,6 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bulkhead.log import get_logger
 from chat_service.errors import DatabaseUnavailableError
+from chat_service.store.deferred import (
+    discard_deferred,
+    flush_deferred,
+    install_deferred_writes,
+)
 from chat_service.store.engine import create_engine, is_sqlite
 
 # Errors that mean "the database cannot be reached or answered", as opposed
@@ -87,6 +92,7 @@ class Database:
         self.url = url
         self.is_sqlite = is_sqlite(url)
         self.engine: AsyncEngine = create_engine(url, pool_size, connect_timeout_s)
+        install_deferred_writes(self.engine)
         # Same pool; asyncpg then sends no BEGIN or COMMIT of its own.
         self._autocommit_engine = self.engine.execution_options(
             isolation_level="AUTOCOMMIT"
@@ -94,10 +100,17 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """Open a transaction; outages surface as DatabaseUnavailableError."""
+        """Open a transaction; outages surface as DatabaseUnavailableError.
+
+        Writes deferred in it (``store.deferred``) are sent before it commits.
+        """
         with _outages_mapped():
             async with self.engine.begin() as connection:
-                yield connection
+                try:
+                    yield connection
+                    await flush_deferred(connection)
+                finally:
+                    discard_deferred(connection)
 
     @asynccontextmanager
     async def single_statement(self) -> AsyncIterator[AsyncConnection]:
@@ -115,7 +128,11 @@ class Database:
             return
         with _outages_mapped():
             async with self._autocommit_engine.connect() as connection:
-                yield connection
+                try:
+                    yield connection
+                    await flush_deferred(connection)
+                finally:
+                    discard_deferred(connection)
 
     async def ping(self) -> None:
         async with self.transaction() as connection:

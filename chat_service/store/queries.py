@@ -10,11 +10,12 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from sqlalchemy import and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chat_service.errors import InvalidArgumentError, NotFoundError
 from chat_service.store.database import as_utc
+from chat_service.store.deferred import defer_update
 from chat_service.store.tables import chats, messages, model_calls, runs
 
 # A page of messages ends early once its content passes this many characters
@@ -46,7 +47,6 @@ _LOCK_CHAT_OF_RUN = (
     )
     .with_for_update()
 )
-_UPDATE_RUN = update(runs).where(runs.c.id == _RUN_ID)
 
 
 async def get_run_row(
@@ -79,8 +79,8 @@ async def lock_run_and_chat(
 async def update_run(
     conn: AsyncConnection, run_id: UUID, values: dict[str, Any]
 ) -> None:
-    """Set the columns in ``values`` on one run."""
-    await conn.execute(_UPDATE_RUN, {"target_run_id": run_id, **values})
+    """Set the columns in ``values`` on one run, as a deferred write."""
+    await defer_update(conn, runs, ("id", run_id), values)
 
 
 async def load_run_details(
