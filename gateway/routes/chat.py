@@ -28,7 +28,7 @@ MAX_WAIT_S = 30
 _WAIT_DEADLINE_MARGIN_S = 2
 # 1 to 255 printable ASCII characters; spaces only inside.
 _IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
-_WAIT_PREFERENCE_PATTERN = re.compile(r'"?(\d{1,9})"?')
+_WAIT_PREFERENCE_PATTERN = re.compile(r'"?(\d+)"?')
 
 logger = get_logger(__name__)
 router = APIRouter(prefix="/api", tags=["chat"])
@@ -123,7 +123,12 @@ def parse_wait_preference(values: list[str]) -> int | None:
             continue
         # Only the first occurrence counts (RFC 7240, section 2).
         match = _WAIT_PREFERENCE_PATTERN.fullmatch(value.strip())
-        return min(int(match.group(1)), MAX_WAIT_S) if match else None
+        if match is None:
+            return None
+        # The value is delta-seconds (RFC 7240), which may have any number of
+        # digits. A long one is over the cap, so it is not converted.
+        digits = match.group(1).lstrip("0") or "0"
+        return MAX_WAIT_S if len(digits) > 2 else min(int(digits), MAX_WAIT_S)
     return None
 
 

@@ -4,32 +4,23 @@ read, on both databases."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from chat_service.migrate import upgrade
 from chat_service.store.database import Database, utcnow
 from chat_service.store.deferred import defer_insert, defer_update
 from chat_service.store.tables import chats, outbox
-from tests.conftest import DATABASE_KINDS
 
 
-@pytest.fixture(params=DATABASE_KINDS)
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("create_postgres_database")())
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'deferred.db'}"
-    await asyncio.to_thread(upgrade, url)
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
     # One connection, so that every transaction reuses the same one.
-    database = Database(url, pool_size=1)
+    database = Database(database_url, pool_size=1)
     yield database
     await database.dispose()
 

@@ -16,26 +16,20 @@ from bulkhead.models import load_catalog
 from bulkhead.proto.chat.v1 import chat_service_pb2, types_pb2
 from chat_service.event_hub import EventHub, Subscription
 from chat_service.events import append_events
-from chat_service.migrate import upgrade
 from chat_service.posting import PostLimits, post_message
 from chat_service.store.database import Database
 from chat_service.store.first_messages import FirstMessageWriter
 from chat_service.store.queries import get_run_row
 from chat_service.watch import event_reader
-from tests.conftest import DATABASE_KINDS, REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 OTHER_REPLICA = "other-replica"
 WATCHERS = 5
 
 
-@pytest.fixture(params=DATABASE_KINDS)
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("create_postgres_database")())
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
-    await asyncio.to_thread(upgrade, url)
-    database = Database(url, pool_size=2)
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url, pool_size=2)
     yield database
     await database.dispose()
 

@@ -3,35 +3,26 @@ pagination cursors that each belong to one listing."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import UUID
 
 import pytest
 from sqlalchemy import insert
 
 from chat_service.errors import InvalidArgumentError, NotFoundError
-from chat_service.migrate import upgrade
 from chat_service.store import queries
 from chat_service.store.database import Database
 from chat_service.store.tables import chats, messages
-from tests.conftest import DATABASE_KINDS
 
 USER = "cursor-user"
 _START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=DATABASE_KINDS)
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("create_postgres_database")())
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'queries.db'}"
-    await asyncio.to_thread(upgrade, url)
-    database = Database(url, pool_size=2)
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url, pool_size=2)
     yield database
     await database.dispose()
 
