@@ -240,8 +240,7 @@ async def test_app_invalid_idempotency_key_422(
     assert isinstance(errors, list)
     assert errors[0]["field"] == "Idempotency-Key"
     assert errors[0]["message"] == (
-        "must be 1 to 255 printable ASCII characters, with no space at the start "
-        "or end"
+        "must be 1 to 255 printable ASCII characters, with no space at the start or end"
     )
 
 
