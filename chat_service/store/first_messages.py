@@ -51,8 +51,11 @@ _POSITION = "position"
 # returned count minus the group's own. That stays exact when another
 # statement counts messages of the same user at the same time, because the
 # row lock orders the two. Messages over the limit are counted too, which changes nothing,
-# because every message is rejected once the count reaches the limit. The
-# counters are locked in user order, so that two groups cannot deadlock.
+# because every message is rejected once the count reaches the limit.
+# ORDER BY user_id makes PostgreSQL lock the counters in user order, which
+# in practice keeps two groups from deadlocking. PostgreSQL does not promise
+# that order, so a deadlock that still happens is retried by PostMessage's
+# retry_on_conflict.
 _RATE_GATE = f"""
 posted AS (
 SELECT user_id, {_POSITION}
