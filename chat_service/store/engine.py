@@ -8,6 +8,7 @@ transactions must take the write lock when they start.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,26 @@ def create_engine(
     )
 
 
+class RollbackOnClose(sqlite3.Connection):
+    """A connection that rolls back its open transaction when it closes.
+
+    A task cancelled in the middle of a statement makes SQLAlchemy close the
+    connection. Closing a connection whose statements are still referenced
+    (the cancelled coroutine's frames hold its cursors) leaves SQLite with a
+    half-closed connection that keeps its transaction, and with it the write
+    lock of ``BEGIN IMMEDIATE``, until those cursors are freed. Every other
+    writer, other processes included, then fails with "database is locked".
+    Rolling back first releases the lock whatever happens to the cursors.
+    """
+
+    def close(self) -> None:
+        try:
+            if self.in_transaction:
+                self.rollback()
+        finally:
+            super().close()
+
+
 def _create_sqlite_engine(url: str) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
@@ -65,7 +86,10 @@ def _create_sqlite_engine(url: str) -> AsyncEngine:
         pool_size=1,
         max_overflow=0,
         pool_timeout=30,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        connect_args={
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "factory": RollbackOnClose,
+        },
     )
 
     @event.listens_for(engine.sync_engine, "connect")
