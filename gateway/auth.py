@@ -173,6 +173,9 @@ def bearer_credential(request: Request) -> str | None:
 
 async def authenticate(request: Request) -> Caller:
     """Resolve the request's bearer API key or JWT, or raise a 401 problem."""
+    if len(request.headers.getlist("authorization")) > 1:
+        # Which of several credentials the client meant is unclear: use none.
+        raise unauthenticated_problem("Send one Authorization header, not several.")
     credential = bearer_credential(request)
     if credential is None:
         raise unauthenticated_problem(

@@ -76,6 +76,13 @@ async def post_message(
     settings: GatewaySettings = request.app.state.settings
     stub: chat_service_pb2_grpc.ChatServiceStub = request.app.state.chat_stub
     _check_content_length(body.content, settings.max_content_chars)
+    if (
+        idempotency_key is not None
+        and len(request.headers.getlist("idempotency-key")) > 1
+    ):
+        # FastAPI would pass the first one; with several keys it is unclear
+        # which one the client meant to identify the message.
+        raise validation_problem("Idempotency-Key", "must be sent once")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY_PATTERN.fullmatch(
         idempotency_key
     ):

@@ -443,3 +443,29 @@ async def test_app_cors_allow_list() -> None:
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+async def test_app_two_authorization_headers_401(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get(
+        f"/api/runs/{RUN_ID}",
+        headers=[("Authorization", "Bearer a"), ("Authorization", "Bearer b")],
+    )
+
+    body = assert_problem(response, 401)
+    assert body["detail"] == "Send one Authorization header, not several."
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_app_two_idempotency_keys_422(signed_in: httpx.AsyncClient) -> None:
+    response = await signed_in.post(
+        "/api/chat",
+        json={"content": "Hello"},
+        headers=[("Idempotency-Key", "first"), ("Idempotency-Key", "second")],
+    )
+
+    problem = assert_problem(response, 422)
+    assert problem["errors"] == [
+        {"field": "Idempotency-Key", "message": "must be sent once"}
+    ]
