@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bulkhead.messaging import Topology
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.chat.v1 import chat_service_pb2
-from bulkhead.text import find_unstorable
+from bulkhead.text import find_unstorable, shorten
 from chat_service import idempotency, rate_limits
 from chat_service.convert import message_to_proto, run_to_proto
 from chat_service.errors import ChatBusyError, InvalidArgumentError, NotFoundError
@@ -323,8 +323,7 @@ def _message_and_run_rows(
 
 
 def _title(content: str) -> str:
-    line = " ".join(content.split())
-    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1] + "…"
+    return shorten(" ".join(content.split()), TITLE_LENGTH)
 
 
 class _Row:

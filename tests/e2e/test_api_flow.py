@@ -242,6 +242,20 @@ async def test_list_chats_pages_newest_first(
     assert first.json()["items"][0]["title"] == "chat number 2"
 
 
+async def test_long_title_is_cut_between_whole_characters(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    await post_chat(gateway_client, key, "Plans:\n  " + family * 20)
+
+    listed = await gateway_client.get("/api/chats?limit=1", headers=auth(key))
+
+    # "Plans: " is 7 code points and each family 7: ten families and the
+    # ellipsis fit in 80.
+    assert listed.json()["items"][0]["title"] == "Plans: " + family * 10 + "\u2026"
+
+
 async def test_list_messages_pages_in_order(
     gateway_client: httpx.AsyncClient, api_key
 ) -> None:
