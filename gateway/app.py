@@ -159,7 +159,7 @@ async def _handle_http_exception(request: Request, error: Exception) -> Response
                     "type": "json_invalid",
                     "loc": ("body",),
                     "msg": "JSON decode error",
-                    "ctx": {"error": "not UTF-8 JSON within the parser's limits"},
+                    "ctx": {"error": _unparsable_body_reason(error.__cause__)},
                 }
             ]
         )
@@ -167,6 +167,17 @@ async def _handle_http_exception(request: Request, error: Exception) -> Response
     if isinstance(error, HTTPException) and error.status_code == 405:
         error = _with_head_allowed(error)
     return await handle_http_exception(request, error)
+
+
+def _unparsable_body_reason(cause: BaseException | None) -> str:
+    """Say why FastAPI could not parse a body, from the error it raised."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "arrays or objects are nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number has too many digits"
+    return "the body could not be parsed"
 
 
 def _with_head_allowed(error: HTTPException) -> HTTPException:

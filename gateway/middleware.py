@@ -1,6 +1,6 @@
-"""The outermost gateway middleware: request ids, security headers, body size
-and content coding, the per-request log line, and the 500 problem for
-unhandled exceptions.
+"""The outermost gateway middleware: request ids, security headers, body size,
+content coding and charset, the per-request log line, and the 500 problem
+for unhandled exceptions.
 
 It is a plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so
 that streamed responses pass through unbuffered and the log context bound
@@ -22,6 +22,7 @@ from gateway.problems import (
     BODY_TOO_LARGE,
     INTERNAL,
     UNSUPPORTED_MEDIA_TYPE,
+    ProblemKind,
     problem_response,
 )
 
@@ -91,24 +92,10 @@ class RequestContextMiddleware:
         headers: Headers,
         exchange: _Exchange,
     ) -> None:
-        # A declared length over the limit is rejected before any byte of the
-        # body is read; chunked bodies are counted by RequestBodyLimitMiddleware.
-        if _content_length(headers) > self.max_body_bytes:
-            detail = f"The request body is larger than {self.max_body_bytes} bytes."
-            response = problem_response(BODY_TOO_LARGE, detail, exchange.request_id)
-            await response(scope, receive, send)
-            return
-        # Bodies are not decompressed, so a compressed one would reach the
-        # JSON parser as binary.
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            detail = (
-                f"Content-Encoding {encoding[:40]} is not supported: "
-                "send the body uncompressed."
-            )
-            response = problem_response(
-                UNSUPPORTED_MEDIA_TYPE, detail, exchange.request_id
-            )
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            kind, detail = refusal
+            response = problem_response(kind, detail, exchange.request_id)
             await response(scope, receive, send)
             return
 
@@ -125,12 +112,50 @@ class RequestContextMiddleware:
             )
             await response(scope, receive, send)
 
+    def _refusal(self, headers: Headers) -> tuple[ProblemKind, str] | None:
+        """Return the problem of a request refused on its headers alone, or None."""
+        # A declared length over the limit is rejected before any byte of the
+        # body is read; chunked bodies are counted by RequestBodyLimitMiddleware.
+        if _content_length(headers) > self.max_body_bytes:
+            return (
+                BODY_TOO_LARGE,
+                f"The request body is larger than {self.max_body_bytes} bytes.",
+            )
+        # Bodies are not decompressed, so a compressed one would reach the
+        # JSON parser as binary.
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            detail = (
+                f"Content-Encoding {encoding[:40]} is not supported: "
+                "send the body uncompressed."
+            )
+            return UNSUPPORTED_MEDIA_TYPE, detail
+        charset = _declared_charset(headers.get("content-type"))
+        if charset not in (None, "utf-8", "utf8"):
+            detail = (
+                f"charset={charset[:40]} is not supported: JSON bodies are UTF-8 "
+                "(RFC 8259)."
+            )
+            return UNSUPPORTED_MEDIA_TYPE, detail
+        return None
+
 
 def _request_id(headers: Headers) -> str:
     value = headers.get(REQUEST_ID_HEADER)
     if value is not None and _REQUEST_ID_PATTERN.fullmatch(value):
         return value
     return str(uuid.uuid4())
+
+
+def _declared_charset(content_type: str | None) -> str | None:
+    """Return the lowercased charset parameter of a Content-Type, if any."""
+    if content_type is None or "charset" not in content_type.lower():
+        return None
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 def _content_length(headers: Headers) -> int:

@@ -81,6 +81,37 @@ async def test_malformed_json_is_422(
 
 
 @pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"content": "caf\xe9"}', "Invalid JSON: the body is not UTF-8 (byte 16)."),
+        (
+            b'{"content": "x", "a": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            "Invalid JSON: arrays or objects are nested too deeply.",
+        ),
+        (
+            b'{"content": "x", "n": ' + b"9" * 5000 + b"}",
+            "Invalid JSON: a number has too many digits.",
+        ),
+    ],
+    ids=["latin-1", "nested", "long-number"],
+)
+async def test_unparsable_json_422_says_why(
+    gateway_client: httpx.AsyncClient, api_key, body: bytes, message: str
+) -> None:
+    key = api_key()
+
+    response = await gateway_client.post(
+        "/api/chat",
+        content=body,
+        headers=auth(key, **{"Content-Type": "application/json"}),
+    )
+
+    problem = assert_problem(response, 422)
+    assert problem["errors"] == [{"field": "body", "message": message}]
+    assert await _chat_count(gateway_client, key) == 0
+
+
+@pytest.mark.parametrize(
     "idempotency_key",
     ["k" * 256, "caf\u00e9", "tab\there"],
     ids=["too-long", "non-ascii", "tab"],

@@ -172,6 +172,40 @@ async def test_app_body_not_json_415(
     assert problem["type"] == "urn:bulkhead:problem:unsupported-media-type"
 
 
+@pytest.mark.parametrize(
+    ("charset", "named"),
+    [("latin-1", "latin-1"), ('"ISO-8859-1"', "iso-8859-1"), ("utf-16", "utf-16")],
+)
+async def test_app_charset_other_than_utf8_415(
+    signed_in: httpx.AsyncClient, charset: str, named: str
+) -> None:
+    response = await signed_in.post(
+        "/api/chat",
+        content=b'{"content": "Hello"}',
+        headers={"Content-Type": f"application/json; charset={charset}"},
+    )
+
+    problem = assert_problem(response, 415)
+    assert problem["detail"] == (
+        f"charset={named} is not supported: JSON bodies are UTF-8 (RFC 8259)."
+    )
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8"])
+async def test_app_charset_utf8_accepted(
+    signed_in: httpx.AsyncClient, charset: str
+) -> None:
+    response = await signed_in.post(
+        "/api/chat",
+        content=b'{"content": "Hello"}',
+        headers={"Content-Type": f"application/json;charset={charset}"},
+    )
+
+    # The body is valid, so the gateway calls chat_service, which these
+    # tests do not run.
+    assert_problem(response, 503)
+
+
 async def test_app_empty_body_422(signed_in: httpx.AsyncClient) -> None:
     response = await signed_in.post("/api/chat", headers={"Content-Type": "text/plain"})
 
