@@ -3,6 +3,9 @@
 create-api-key --user USER [--name NAME]   print a new key (shown once)
 list-api-keys [--user USER]                list keys without their secrets
 revoke-api-key KEY_ID                      revoke a key by its id
+
+Each command works on the database of BULKHEAD_DATABASE_URL, as chat_service
+does, and names it on stderr.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import asyncio
 import sys
 import uuid
 
+from sqlalchemy.engine import make_url
+
 from bulkhead.rpc import USER_ID_PATTERN
 from chat_service import apikeys
 from chat_service.config import DatabaseToolSettings
+from chat_service.errors import DatabaseUnavailableError
 from chat_service.store.database import Database
 
 
@@ -77,9 +83,23 @@ async def _run(args: argparse.Namespace, db: Database) -> int:
 async def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     settings = DatabaseToolSettings()
+    # A key written to another database than the stack's is rejected by the
+    # API with no other sign, so name the one in use (without its password).
+    url_without_password = make_url(settings.database_url).render_as_string(
+        hide_password=True
+    )
+    print(f"database: {url_without_password}", file=sys.stderr)
     db = Database(settings.database_url, pool_size=1)
     try:
         return await _run(args, db)
+    except DatabaseUnavailableError as error:
+        cause = getattr(error.__cause__, "orig", None) or error.__cause__
+        print(
+            f"error: the database cannot be used ({cause}). Is it up, and "
+            "has the stack (make up) or make migrate created its tables?",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         await db.dispose()
 
