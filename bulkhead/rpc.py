@@ -1,7 +1,8 @@
 """gRPC helpers shared by every service: servers, channels, metadata and errors.
 
-Every server gets the standard health service and server reflection (v1alpha,
-the only version grpcio ships), so ``grpcurl -plaintext HOST:PORT list`` works.
+Every server gets the standard health service and server reflection (v1 and
+v1alpha, see :mod:`bulkhead.reflection`), so ``grpcurl -plaintext HOST:PORT
+list`` works.
 Errors carry a ``google.rpc.ErrorInfo`` detail whose ``reason`` is one of
 :class:`Reason`, so that clients branch on a stable value, not on a message.
 """
@@ -19,9 +20,9 @@ import grpc
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from bulkhead.reflection import enable_reflection
 from bulkhead.settings import GRPC_MAX_MESSAGE_BYTES
 from bulkhead.tls import GrpcTls
 
@@ -181,12 +182,8 @@ def create_server(
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [
-        *service_names,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    ]
-    reflection.enable_server_reflection(names, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    enable_reflection([*service_names, health_name], server)
     return server, health_servicer
 
 

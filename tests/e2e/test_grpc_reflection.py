@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -13,6 +15,7 @@ from bulkhead.devstack import Stack
 
 STANDARD_SERVICES = {
     "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 }
 EXPECTED = {
@@ -49,3 +52,33 @@ def test_reflection_describes_post_message(stack: Stack) -> None:
     assert file.package == "chat.v1"
     methods = {m.name for s in file.service for m in s.method}
     assert {"PostMessage", "GetRun", "WatchRun", "CancelRun", "RetryRun"} <= methods
+
+
+@pytest.mark.parametrize("service", sorted(EXPECTED))
+def test_reflection_v1_lists_services_and_describes_itself(
+    stack: Stack, service: str
+) -> None:
+    # v1 has v1alpha's messages and field numbers, so its classes encode v1.
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="grpc.reflection.v1.ServerReflection"
+        ),
+    ]
+    with grpc.insecure_channel(stack.address_of(service)) as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, described = list(call(iter(requests), timeout=5))
+
+    names = {s.name for s in listed.list_services_response.service}
+    assert names == EXPECTED[service]
+    file = descriptor_pb2.FileDescriptorProto.FromString(
+        described.file_descriptor_response.file_descriptor_proto[0]
+    )
+    assert file.package == "grpc.reflection.v1"
+    assert [s.name for s in file.service] == ["ServerReflection"]
+    method = file.service[0].method[0]
+    assert method.input_type == ".grpc.reflection.v1.ServerReflectionRequest"
