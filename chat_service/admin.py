@@ -14,8 +14,10 @@ import argparse
 import asyncio
 import sys
 import uuid
+from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
 
 from bulkhead.rpc import USER_ID_PATTERN
 from chat_service import apikeys
@@ -83,25 +85,73 @@ async def _run(args: argparse.Namespace, db: Database) -> int:
 async def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     settings = DatabaseToolSettings()
+    try:
+        url = make_url(settings.database_url)
+    except sa_exc.ArgumentError:
+        return _fail("BULKHEAD_DATABASE_URL is not a database URL.")
     # A key written to another database than the stack's is rejected by the
-    # API with no other sign, so name the one in use (without its password).
-    url_without_password = make_url(settings.database_url).render_as_string(
-        hide_password=True
-    )
-    print(f"database: {url_without_password}", file=sys.stderr)
-    db = Database(settings.database_url, pool_size=1)
+    # API with no other sign, so name the one in use.
+    print(f"database: {_shown(url)}", file=sys.stderr)
+    if url.get_backend_name() == "sqlite" and not _sqlite_file_exists(url):
+        return _fail(
+            "there is no database file at that path. Start the stack (make up) "
+            "or run make migrate first, or set BULKHEAD_DATABASE_URL to the "
+            "stack's database."
+        )
+    try:
+        db = Database(settings.database_url, pool_size=1)
+    except (ImportError, sa_exc.ArgumentError) as error:
+        return _fail(
+            f"the URL's driver cannot be loaded ({error}). Use sqlite+aiosqlite:// "
+            "or postgresql+asyncpg://."
+        )
     try:
         return await _run(args, db)
-    except DatabaseUnavailableError as error:
-        cause = getattr(error.__cause__, "orig", None) or error.__cause__
-        print(
-            f"error: the database cannot be used ({cause}). Is it up, and "
-            "has the stack (make up) or make migrate created its tables?",
-            file=sys.stderr,
+    except (DatabaseUnavailableError, sa_exc.DBAPIError) as error:
+        # Only the driver's message: the statement's parameters may hold the
+        # new key's prefix and hash.
+        cause = (
+            error.__cause__ if isinstance(error, DatabaseUnavailableError) else error
         )
-        return 1
+        reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+        return _fail(
+            f"the database cannot be used ({reason}). Is it up, and has the "
+            "stack (make up) or make migrate created its tables?"
+        )
     finally:
         await db.dispose()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _shown(url: URL) -> str:
+    """Render ``url`` without its passwords, and a SQLite path as absolute."""
+    query = {
+        key: "***" if "password" in key.lower() else value
+        for key, value in url.query.items()
+    }
+    url = url.set(query=query)
+    if url.get_backend_name() == "sqlite" and url.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        url = url.set(database=str(Path(url.database).resolve()))
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_file_exists(url: URL) -> bool:
+    """Tell whether a SQLite URL names a file that exists (memory counts as one).
+
+    The engine would create a missing file and its folders, and the command
+    would then fail on the missing tables, leaving an empty database behind.
+    """
+    if url.database in (None, "", ":memory:"):
+        return True
+    return Path(url.database).is_file()
 
 
 if __name__ == "__main__":

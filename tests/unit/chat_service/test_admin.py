@@ -1,11 +1,16 @@
-"""The admin command names its database and explains one it cannot use."""
+"""The admin command names its database and explains, in one line and
+without any secret, a database it cannot use."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 
 def _admin(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -19,26 +24,80 @@ def _admin(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_admin_names_the_database_and_explains_missing_tables(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-
-    result = _admin(url, "create-api-key", "--user", "alice")
-
+def _assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1
     assert result.stdout == ""  # no key was printed
     lines = result.stderr.splitlines()
-    assert lines[0] == f"database: {url}"
-    assert "no such table: api_keys" in lines[1]
-    assert "make migrate" in lines[1]
+    assert len(lines) == 2, result.stderr  # the database, then the error
+    assert lines[1].startswith("error: ")
+    return lines[1]
 
 
-def test_admin_hides_the_database_password() -> None:
-    url = "postgresql+asyncpg://bulkhead:hunter2-secret@127.0.0.1:1/bulkhead"
+def test_admin_refuses_a_missing_sqlite_file_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "missing" / "bulkhead.db"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    result = _admin(url, "create-api-key", "--user", "alice")
+
+    error = _assert_one_error_line(result)
+    assert result.stderr.splitlines()[0] == f"database: {url}"
+    assert "no database file" in error
+    assert not path.parent.exists()
+
+
+def test_admin_explains_missing_tables(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+
+    result = _admin(f"sqlite+aiosqlite:///{path}", "create-api-key", "--user", "x")
+
+    error = _assert_one_error_line(result)
+    assert "no such table: api_keys" in error
+    assert "make migrate" in error
+
+
+@pytest.mark.postgres
+def test_admin_leaks_no_key_material_on_an_empty_postgres_database(
+    create_postgres_database: Callable[[], str],
+) -> None:
+    url = create_postgres_database()
+
+    result = _admin(url, "create-api-key", "--user", "alice")
+
+    error = _assert_one_error_line(result)
+    assert 'relation "api_keys" does not exist' in error
+    assert "bk_" not in result.stderr  # the statement's parameters stay out
+
+
+def test_admin_hides_the_database_passwords() -> None:
+    url = (
+        "postgresql+asyncpg://bulkhead:hunter2-secret@127.0.0.1:1/bulkhead"
+        "?password=query-secret"
+    )
 
     result = _admin(url, "list-api-keys")
 
-    assert result.returncode == 1
+    _assert_one_error_line(result)
     assert "hunter2-secret" not in result.stderr
-    assert result.stderr.splitlines()[0] == (
-        "database: postgresql+asyncpg://bulkhead:***@127.0.0.1:1/bulkhead"
+    assert "query-secret" not in result.stderr
+    assert result.stderr.startswith(
+        "database: postgresql+asyncpg://bulkhead:***@127.0.0.1:1/bulkhead?password="
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "is not a database URL"),
+        ("postgresql://postgres@127.0.0.1:1/postgres", "driver cannot be loaded"),
+    ],
+)
+def test_admin_explains_an_unusable_url(url: str, expected: str) -> None:
+    result = _admin(url, "list-api-keys")
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert expected in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
