@@ -40,6 +40,8 @@ _SECURITY_HEADERS = (
 _API_CONTENT_SECURITY_POLICY = b"default-src 'none'; frame-ancestors 'none'"
 _JSON_MEDIA_TYPES = (b"application/json", b"application/problem+json")
 _MAX_LOGGED_PATH_CHARS = 200
+# No charset, UTF-8, or ASCII, which is a subset of UTF-8.
+_UTF8_CHARSETS = (None, "utf-8", "utf8", "us-ascii", "ascii")
 
 logger = get_logger(__name__)
 
@@ -131,7 +133,7 @@ class RequestContextMiddleware:
             )
             return UNSUPPORTED_MEDIA_TYPE, detail
         charset = _declared_charset(headers.get("content-type"))
-        if charset not in (None, "utf-8", "utf8"):
+        if charset not in _UTF8_CHARSETS and _has_body(headers):
             detail = (
                 f"charset={charset[:40]} is not supported: JSON bodies are UTF-8 "
                 "(RFC 8259)."
@@ -156,6 +158,10 @@ def _declared_charset(content_type: str | None) -> str | None:
         if name.strip().lower() == "charset":
             return value.strip().strip('"').lower()
     return None
+
+
+def _has_body(headers: Headers) -> bool:
+    return _content_length(headers) > 0 or "transfer-encoding" in headers
 
 
 def _content_length(headers: Headers) -> int:

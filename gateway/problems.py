@@ -290,7 +290,11 @@ def _unsupported_body(request: Request, error: RequestValidationError) -> str | 
 def _field_error(item: Mapping[str, Any]) -> FieldError:
     location = [str(part) for part in item.get("loc", ())]
     if item.get("type") == "json_invalid":
-        reason = item.get("ctx", {}).get("error", "malformed JSON")
+        reason = str(item.get("ctx", {}).get("error", "malformed JSON"))
+        # The parser's messages end in "at" or name no place ("Expecting
+        # value"); FastAPI puts the character offset in the location.
+        if len(location) > 1 and location[1].isdigit():
+            reason = f"{reason.removesuffix(' at')} at character {location[1]}"
         return FieldError(field="body", message=f"Invalid JSON: {reason}.")
     field = ".".join(location[1:]) or (location[0] if location else "body")
     message = str(item.get("msg", "Invalid value"))

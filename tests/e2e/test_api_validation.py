@@ -83,7 +83,10 @@ async def test_malformed_json_is_422(
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b'{"content": "caf\xe9"}', "Invalid JSON: the body is not UTF-8 (byte 16)."),
+        (
+            b'{"content": "caf\xe9"}',
+            "Invalid JSON: the body is not UTF-8: byte 0xE9 at offset 16.",
+        ),
         (
             b'{"content": "x", "a": ' + b"[" * 5000 + b"]" * 5000 + b"}",
             "Invalid JSON: arrays or objects are nested too deeply.",

@@ -191,7 +191,7 @@ async def test_app_charset_other_than_utf8_415(
     )
 
 
-@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8"])
+@pytest.mark.parametrize("charset", ["utf-8", "UTF-8", '"utf-8"', "utf8", "us-ascii"])
 async def test_app_charset_utf8_accepted(
     signed_in: httpx.AsyncClient, charset: str
 ) -> None:
@@ -204,6 +204,16 @@ async def test_app_charset_utf8_accepted(
     # The body is valid, so the gateway calls chat_service, which these
     # tests do not run.
     assert_problem(response, 503)
+
+
+async def test_app_charset_of_a_request_without_body_is_ignored(
+    signed_in: httpx.AsyncClient,
+) -> None:
+    response = await signed_in.get(
+        "/healthz", headers={"Content-Type": "application/json; charset=latin-1"}
+    )
+
+    assert response.status_code == 200
 
 
 async def test_app_empty_body_422(signed_in: httpx.AsyncClient) -> None:

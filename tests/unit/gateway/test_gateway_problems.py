@@ -180,7 +180,19 @@ def test_rpc_error_field_violations_become_errors() -> None:
     ]
 
 
-async def test_validation_error_invalid_json_is_body_field() -> None:
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("Expecting value", "Invalid JSON: Expecting value at character 1."),
+        (
+            "Unterminated string starting at",
+            "Invalid JSON: Unterminated string starting at character 1.",
+        ),
+    ],
+)
+async def test_validation_error_invalid_json_is_body_field(
+    reason: str, message: str
+) -> None:
     error = RequestValidationError(
         [
             {
@@ -188,7 +200,7 @@ async def test_validation_error_invalid_json_is_body_field() -> None:
                 "loc": ("body", 1),
                 "msg": "JSON decode error",
                 "input": {},
-                "ctx": {"error": "Expecting value"},
+                "ctx": {"error": reason},
             }
         ]
     )
@@ -200,9 +212,7 @@ async def test_validation_error_invalid_json_is_body_field() -> None:
     body = json.loads(bytes(response.body))
     assert response.status_code == 422
     assert body["request_id"] == "request-1"
-    assert body["errors"] == [
-        {"field": "body", "message": "Invalid JSON: Expecting value."}
-    ]
+    assert body["errors"] == [{"field": "body", "message": message}]
 
 
 @pytest.mark.parametrize("resource", ["run", "chat"])
