@@ -24,7 +24,8 @@ _METHOD = "ServerReflectionInfo"
 
 
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Serve reflection, v1 and v1alpha, listing ``service_names`` and itself."""
+    """Register reflection, v1 and v1alpha, on ``server``, listing
+    ``service_names`` and itself."""
     _add_v1_descriptors(descriptor_pool.Default())
     names = [*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
     servicer = reflection.aio.ReflectionServicer(names)
@@ -40,7 +41,8 @@ def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> 
 
 
 def _add_v1_descriptors(pool: descriptor_pool.DescriptorPool) -> None:
-    """Add the v1 file to ``pool``, once: v1alpha's file under the v1 package."""
+    """Add the v1 file to ``pool`` once, built from v1alpha's file under the v1
+    package."""
     try:
         pool.FindFileByName(_V1_FILE_NAME)
         return

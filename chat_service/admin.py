@@ -88,35 +88,35 @@ async def _main(argv: list[str]) -> int:
     try:
         url = make_url(settings.database_url)
     except sa_exc.ArgumentError:
-        return _fail("BULKHEAD_DATABASE_URL is not a database URL.")
+        return _fail("invalid BULKHEAD_DATABASE_URL: not a database URL.")
     # A key written to another database than the stack's is rejected by the
     # API with no other sign, so name the one in use.
-    print(f"database: {_shown(url)}", file=sys.stderr)
+    print(f"database: {_display_url(url)}", file=sys.stderr)
     if url.get_backend_name() == "sqlite" and not _sqlite_file_exists(url):
         return _fail(
-            "there is no database file at that path. Start the stack (make up) "
-            "or run make migrate first, or set BULKHEAD_DATABASE_URL to the "
-            "stack's database."
+            "database file not found at that path. Start the stack (make up) or "
+            "run make migrate first, or set BULKHEAD_DATABASE_URL to the stack's "
+            "database."
         )
     try:
         db = Database(settings.database_url, pool_size=1)
     except (ImportError, sa_exc.ArgumentError) as error:
         return _fail(
-            f"the URL's driver cannot be loaded ({error}). Use sqlite+aiosqlite:// "
-            "or postgresql+asyncpg://."
+            f"failed to load the driver of the URL ({error}). Use "
+            "sqlite+aiosqlite:// or postgresql+asyncpg://."
         )
     try:
         return await _run(args, db)
     except (DatabaseUnavailableError, sa_exc.DBAPIError) as error:
-        # Only the driver's message: the statement's parameters may hold the
-        # new key's prefix and hash.
+        # Print only the driver's message, because the statement's parameters
+        # may contain the new key's prefix and hash.
         cause = (
             error.__cause__ if isinstance(error, DatabaseUnavailableError) else error
         )
         reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
         return _fail(
-            f"the database cannot be used ({reason}). Is it up, and has the "
-            "stack (make up) or make migrate created its tables?"
+            f"database request failed ({reason}). Check that the database is "
+            "up and that the stack (make up) or make migrate created its tables."
         )
     finally:
         await db.dispose()
@@ -127,7 +127,7 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _shown(url: URL) -> str:
+def _display_url(url: URL) -> str:
     """Render ``url`` without its passwords, and a SQLite path as absolute."""
     query = {
         key: "***" if "password" in key.lower() else value

@@ -170,7 +170,7 @@ async def _handle_http_exception(request: Request, error: Exception) -> Response
 
 
 def _unparsable_body_reason(cause: BaseException | None) -> str:
-    """Say why FastAPI could not parse a body, from the error it raised."""
+    """Return why FastAPI could not parse a body, from the error it raised."""
     if isinstance(cause, UnicodeDecodeError):
         byte = cause.object[cause.start : cause.start + 1].hex().upper()
         return f"the body is not UTF-8: byte 0x{byte} at offset {cause.start}"

@@ -94,9 +94,9 @@ class RequestContextMiddleware:
         headers: Headers,
         exchange: _Exchange,
     ) -> None:
-        refusal = self._refusal(headers)
-        if refusal is not None:
-            kind, detail = refusal
+        rejection = self._rejection(headers)
+        if rejection is not None:
+            kind, detail = rejection
             response = problem_response(kind, detail, exchange.request_id)
             await response(scope, receive, send)
             return
@@ -114,8 +114,8 @@ class RequestContextMiddleware:
             )
             await response(scope, receive, send)
 
-    def _refusal(self, headers: Headers) -> tuple[ProblemKind, str] | None:
-        """Return the problem of a request refused on its headers alone, or None."""
+    def _rejection(self, headers: Headers) -> tuple[ProblemKind, str] | None:
+        """Return the problem of a request rejected on its headers alone, or None."""
         # A declared length over the limit is rejected before any byte of the
         # body is read; chunked bodies are counted by RequestBodyLimitMiddleware.
         if _content_length(headers) > self.max_body_bytes:

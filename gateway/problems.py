@@ -292,7 +292,7 @@ def _field_error(item: Mapping[str, Any]) -> FieldError:
     if item.get("type") == "json_invalid":
         reason = str(item.get("ctx", {}).get("error", "malformed JSON"))
         # The parser's messages end in "at" or name no place ("Expecting
-        # value"); FastAPI puts the character offset in the location.
+        # value"). FastAPI puts the character offset in the location.
         if len(location) > 1 and location[1].isdigit():
             reason = f"{reason.removesuffix(' at')} at character {location[1]}"
         return FieldError(field="body", message=f"Invalid JSON: {reason}.")

@@ -80,8 +80,8 @@ async def post_message(
         idempotency_key is not None
         and len(request.headers.getlist("idempotency-key")) > 1
     ):
-        # FastAPI would pass the first one; with several keys it is unclear
-        # which one the client meant to identify the message.
+        # FastAPI passes only the first one. With several keys, which one
+        # identifies the message is unclear.
         raise validation_problem("Idempotency-Key", "must be sent once")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY_PATTERN.fullmatch(
         idempotency_key

@@ -242,7 +242,7 @@ async def test_list_chats_pages_newest_first(
     assert first.json()["items"][0]["title"] == "chat number 2"
 
 
-async def test_long_title_is_cut_between_whole_characters(
+async def test_long_title_keeps_whole_characters(
     gateway_client: httpx.AsyncClient, api_key
 ) -> None:
     key = api_key()

@@ -98,7 +98,7 @@ async def test_malformed_json_is_422(
     ],
     ids=["latin-1", "nested", "long-number"],
 )
-async def test_unparsable_json_422_says_why(
+async def test_unparsable_json_422_reason(
     gateway_client: httpx.AsyncClient, api_key, body: bytes, message: str
 ) -> None:
     key = api_key()

@@ -55,9 +55,7 @@ def test_reflection_describes_post_message(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("service", sorted(EXPECTED))
-def test_reflection_v1_lists_services_and_describes_itself(
-    stack: Stack, service: str
-) -> None:
+def test_reflection_v1_lists_and_describes(stack: Stack, service: str) -> None:
     # v1 has v1alpha's messages and field numbers, so its classes encode v1.
     requests = [
         reflection_pb2.ServerReflectionRequest(list_services=""),

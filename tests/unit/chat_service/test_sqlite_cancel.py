@@ -35,7 +35,7 @@ def _write_from_another_process(path: Path) -> None:
         other.close()
 
 
-def test_closing_mid_statement_rolls_back_and_releases_the_lock(
+def test_close_mid_statement_releases_lock(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "notes.db"
@@ -72,7 +72,7 @@ async def notes_db(tmp_path: Path) -> AsyncIterator[tuple[Database, Path]]:
     await database.dispose()
 
 
-async def test_cancelled_transactions_leave_the_database_writable(
+async def test_cancelled_transactions_keep_database_writable(
     notes_db: tuple[Database, Path],
 ) -> None:
     db, path = notes_db

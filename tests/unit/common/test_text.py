@@ -16,7 +16,7 @@ def test_shorten_keeps_text_that_fits() -> None:
     assert shorten(FAMILY * 2, 14) == FAMILY * 2
 
 
-def test_shorten_cuts_plain_text_with_an_ellipsis() -> None:
+def test_shorten_plain_text() -> None:
     assert shorten("abcdefghij", 5) == "abcd" + ELLIPSIS
 
 
@@ -31,7 +31,7 @@ def test_shorten_cuts_plain_text_with_an_ellipsis() -> None:
         ("ab" + E_ACUTE * 4, 6, "ab" + E_ACUTE + ELLIPSIS),
     ],
 )
-def test_shorten_never_splits_a_grapheme_cluster(
+def test_shorten_keeps_grapheme_clusters(
     text: str, max_chars: int, expected: str
 ) -> None:
     shortened = shorten(text, max_chars)
@@ -40,5 +40,5 @@ def test_shorten_never_splits_a_grapheme_cluster(
     assert len(shortened) <= max_chars
 
 
-def test_shorten_gives_only_the_ellipsis_when_the_first_cluster_is_too_long() -> None:
+def test_shorten_first_cluster_too_long() -> None:
     assert shorten(FAMILY + "abc", 4) == ELLIPSIS

@@ -206,7 +206,7 @@ async def test_app_charset_utf8_accepted(
     assert_problem(response, 503)
 
 
-async def test_app_charset_of_a_request_without_body_is_ignored(
+async def test_app_charset_without_body_ignored(
     signed_in: httpx.AsyncClient,
 ) -> None:
     response = await signed_in.get(
