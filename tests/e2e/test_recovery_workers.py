@@ -8,6 +8,7 @@ seconds. Tests that stop a process start it again before they end.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -153,6 +154,47 @@ async def test_recovery_heartbeats_keep_slow_call_on_one_worker(
         if run_id in line and '"run claimed"' in line
     ]
     assert len(claims) == 1, claims
+
+
+async def test_recovery_chat_service_restart_keeps_model_call(
+    recovery_stack: Stack,
+    recovery_client: httpx.AsyncClient,
+    recovery_key: str,
+    fake_model: FakeModelThread,
+) -> None:
+    # About 2 s of streaming; chat_service dies early in it and stays down
+    # until the model has finished, so output and the final report wait.
+    fake_model.reset(slow={"reply": REPLY, "chunk_delay_s": 0.07})
+    run_id = await _post(recovery_client, recovery_key, "keep going", "slow")
+
+    def streaming() -> None:
+        calls = fake_model.calls("slow")
+        assert calls and calls[0].chunks_sent >= 3
+
+    await assert_eventually(streaming, timeout=20.0)
+    await asyncio.to_thread(recovery_stack.kill, "chat_service")
+    try:
+
+        def model_done() -> None:
+            assert fake_model.calls("slow")[0].outcome == "completed"
+
+        await assert_eventually(model_done, timeout=20.0)
+    finally:
+        await asyncio.to_thread(recovery_stack.start_process, "chat_service")
+    run = await wait_for_run(recovery_client, recovery_key, run_id, timeout=40.0)
+
+    assert run["status"] == "completed", run
+    assert run["assistant_message"]["content"] == REPLY
+    assert [a["outcome"] for a in run["attempts"]] == ["completed"]
+    assert len(fake_model.calls("slow")) == 1
+    executor_log = recovery_stack.read_log("executor_service")
+    retried = {
+        json.loads(line)["method"]
+        for line in executor_log.splitlines()
+        if run_id in line and "report to chat_service failed, retrying" in line
+    }
+    assert retried, "no report was retried"
+    await _check_stream_replay(recovery_client, recovery_key, run)
 
 
 async def test_recovery_nats_outage_accepts_messages(
