@@ -167,7 +167,9 @@ class RunClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             wait=wait_exponential_jitter(
-                initial=REPORT_RETRY_FIRST_S, max=REPORT_RETRY_MAX_S
+                multiplier=REPORT_RETRY_FIRST_S,
+                max=REPORT_RETRY_MAX_S,
+                jitter=REPORT_RETRY_FIRST_S,
             ),
             stop=stop_after_delay(self._report_retry_s),
             before_sleep=_log_report_retry(name),
