@@ -49,7 +49,8 @@ MODEL_PHASE_S = (3.0, 6.0)
 KILL_KINDS = ("gateway", "chat_service", "agent_service", "executor_service", "nats")
 # The services whose death can make a completed model call be repeated: an
 # executor that dies between the end of the call and CompleteRun, or a
-# chat_service that dies while CompleteRun is in flight.
+# chat_service whose outage lets the lease lapse, so that a redelivered task
+# claims the run while the first executor still waits to report.
 RERUN_CAUSES = ("executor_service", "chat_service")
 REQUEST_TIMEOUT_S = 10.0
 MESSAGE_DEADLINE_S = 120.0
