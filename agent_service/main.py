@@ -33,7 +33,7 @@ async def serve(settings: AgentSettings) -> None:
         RunClient(
             channel,
             timeout_s=settings.agent_rpc_timeout_s,
-            report_retry_s=settings.agent_report_retry_s,
+            retry_s=settings.agent_rpc_retry_s,
             service_token=settings.worker_service_token.get_secret_value(),
         ),
         catalog,

@@ -55,11 +55,11 @@ class ExecutorSettings(CommonSettings):
         gt=0,
         description="Deadline of each call to chat_service, in seconds.",
     )
-    executor_report_retry_s: float = Field(
+    executor_rpc_retry_s: float = Field(
         default=30.0,
         ge=0,
         description=(
-            "Seconds a report to chat_service is retried while chat_service is "
+            "Seconds a claim or report is retried while chat_service is "
             "unavailable or slow, before the task is given up; 0 turns it off."
         ),
     )

@@ -36,7 +36,7 @@ async def serve(settings: ExecutorSettings) -> None:
         RunClient(
             channel,
             timeout_s=settings.executor_rpc_timeout_s,
-            report_retry_s=settings.executor_report_retry_s,
+            retry_s=settings.executor_rpc_retry_s,
             service_token=settings.worker_service_token.get_secret_value(),
         ),
         catalog,

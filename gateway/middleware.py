@@ -132,6 +132,10 @@ class RequestContextMiddleware:
                 "send the body uncompressed."
             )
             return UNSUPPORTED_MEDIA_TYPE, detail
+        if len(headers.getlist("content-type")) > 1 and _has_body(headers):
+            # Content-Type is a single value (RFC 9110, 8.3): with two, the
+            # media type of the body is unclear.
+            return UNSUPPORTED_MEDIA_TYPE, "Content-Type must be sent once."
         charset = _declared_charset(headers.get("content-type"))
         if charset not in _UTF8_CHARSETS and _has_body(headers):
             detail = (

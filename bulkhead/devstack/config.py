@@ -66,7 +66,9 @@ class StackConfig:
     inherit_env: bool = True
     run_migrations: bool = True
     startup_timeout_s: float = 60.0
-    stop_grace_s: float = 10.0
+    # Longer than the workers' default shutdown grace (20 s), so that they can
+    # release the runs they still hold before the runner kills them.
+    stop_grace_s: float = 25.0
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,12 @@ class ManagedProcess:
         try:
             return self.popen.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            self._append_log_line(f"did not stop within {grace_s:g} s, sending SIGKILL")
-            return self.kill()
+            return self.kill_after_grace(grace_s)
+
+    def kill_after_grace(self, grace_s: float) -> int | None:
+        """SIGKILL a child that outlived its grace period, noting it in its log."""
+        self._append_log_line(f"did not stop within {grace_s:g} s, sending SIGKILL")
+        return self.kill()
 
     def kill(self) -> int | None:
         """Send SIGKILL and wait for the child to exit."""

@@ -500,7 +500,7 @@ def _stop_together(processes: list[ManagedProcess], grace_s: float) -> None:
         try:
             process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            process.kill_after_grace(grace_s)
 
 
 def _http_ok(url: str) -> bool:

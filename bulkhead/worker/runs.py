@@ -5,12 +5,14 @@ attempt is no longer current, or because the run already ended, raises
 :class:`RunLostError`: the worker must stop working on the run and
 acknowledge its task. Any other failure raises ``grpc.aio.AioRpcError``.
 
-Reports (plans, output, the final result) are retried while chat_service is
-unavailable or slow, for up to ``report_retry_s`` seconds. Without that, a
-restart of chat_service would make every worker give up the model calls it
-has in flight, and the next delivery would pay for them again. A retry is
+Claims and reports (plans, output, the final result) are retried while
+chat_service is unavailable or slow, for up to ``retry_s`` seconds. Without
+that, a restart of chat_service would make every worker give up the model
+calls it has in flight, and the next delivery would pay for them again. A
+task would also use up its deliveries within seconds of an outage. A retry is
 safe because chat_service applies each report once: output batches are
-numbered, and a repeated final report finds the run already finished.
+numbered, and a repeated final report finds the run already finished. A
+repeated claim by the same worker takes the run again with a new attempt.
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ DEFAULT_CALL_TIMEOUT_S = 5.0
 LEASED_RETRY_S = 5.0
 
 _LOST_REASONS = {Reason.STALE_ATTEMPT.value, Reason.RUN_FINISHED.value}
-# Codes after which a report may succeed if sent again: chat_service is down
-# or restarting, or it did not answer within the deadline.
+# Codes after which a call may succeed if made again: chat_service is down
+# or restarting, or it did not respond within the deadline.
 _TRANSIENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
-REPORT_RETRY_FIRST_S = 0.2
-REPORT_RETRY_MAX_S = 2.0
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 2.0
 
 
 class RunLostError(Exception):
@@ -72,11 +74,11 @@ class RunClient:
         channel: grpc.aio.Channel,
         timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         service_token: str = "",
-        report_retry_s: float = 0.0,
+        retry_s: float = 0.0,
     ) -> None:
         self._stub = run_grpc.RunServiceStub(channel)
         self._timeout_s = timeout_s
-        self._report_retry_s = report_retry_s
+        self._retry_s = retry_s
         # The worker's service credential, sent with every call.
         self._metadata = service_metadata(service_token)
 
@@ -86,11 +88,11 @@ class RunClient:
         request = run_pb.ClaimRunRequest(
             run_id=run_id, stage=stage, worker_id=worker_id, delivery=delivery
         )
-        return await self._call(self._stub.ClaimRun, request)
+        return await self._call_retrying("ClaimRun", self._stub.ClaimRun, request)
 
     async def submit_plan(self, run_id: str, attempt: int, plan: run_pb.Plan) -> None:
         request = run_pb.SubmitPlanRequest(run_id=run_id, attempt=attempt, plan=plan)
-        await self._report("SubmitPlan", self._stub.SubmitPlan, request)
+        await self._call_retrying("SubmitPlan", self._stub.SubmitPlan, request)
 
     async def append_output(
         self,
@@ -102,7 +104,9 @@ class RunClient:
         request = run_pb.AppendOutputRequest(
             run_id=run_id, attempt=attempt, batch=batch, events=list(events)
         )
-        return await self._report("AppendOutput", self._stub.AppendOutput, request)
+        return await self._call_retrying(
+            "AppendOutput", self._stub.AppendOutput, request
+        )
 
     async def renew_lease(self, run_id: str, attempt: int) -> run_pb.RenewLeaseResponse:
         request = run_pb.RenewLeaseRequest(run_id=run_id, attempt=attempt)
@@ -129,7 +133,7 @@ class RunClient:
             final_batch=final_batch,
             final_output=list(final_output),
         )
-        await self._report("CompleteRun", self._stub.CompleteRun, request)
+        await self._call_retrying("CompleteRun", self._stub.CompleteRun, request)
 
     async def fail(
         self,
@@ -150,7 +154,7 @@ class RunClient:
             final_batch=final_batch,
             final_output=list(final_output),
         )
-        await self._report("FailRun", self._stub.FailRun, request)
+        await self._call_retrying("FailRun", self._stub.FailRun, request)
 
     async def release(self, run_id: str, attempt: int, reason: str) -> None:
         request = run_pb.ReleaseRunRequest(
@@ -158,21 +162,21 @@ class RunClient:
         )
         await self._call(self._stub.ReleaseRun, request)
 
-    async def _report(
+    async def _call_retrying(
         self, name: str, method: Callable[..., Awaitable[Any]], request: Any
     ) -> Any:
-        """Send a report, retrying transient failures for ``report_retry_s``."""
-        if self._report_retry_s <= 0:
+        """Make a call, retrying transient failures for ``retry_s`` seconds."""
+        if self._retry_s <= 0:
             return await self._call(method, request)
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             wait=wait_exponential_jitter(
-                multiplier=REPORT_RETRY_FIRST_S,
-                max=REPORT_RETRY_MAX_S,
-                jitter=REPORT_RETRY_FIRST_S,
+                multiplier=RETRY_FIRST_S,
+                max=RETRY_MAX_S,
+                jitter=RETRY_FIRST_S,
             ),
-            stop=stop_after_delay(self._report_retry_s),
-            before_sleep=_log_report_retry(name),
+            stop=stop_after_delay(self._retry_s),
+            before_sleep=_log_retry(name),
             reraise=True,
         )
         return await retrying(self._call, method, request)
@@ -198,13 +202,13 @@ def _is_transient(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AioRpcError) and error.code() in _TRANSIENT_CODES
 
 
-def _log_report_retry(name: str) -> Callable[[RetryCallState], None]:
+def _log_retry(name: str) -> Callable[[RetryCallState], None]:
     def log(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         rpc_error = error if isinstance(error, grpc.aio.AioRpcError) else None
         delay = state.next_action.sleep if state.next_action else 0.0
         logger.warning(
-            "report to chat_service failed, retrying",
+            "call to chat_service failed, retrying",
             method=name,
             code=rpc_error.code().name if rpc_error else "",
             error=rpc_error.details() if rpc_error else str(error),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -191,10 +192,49 @@ async def test_recovery_chat_service_restart_keeps_model_call(
     retried = {
         json.loads(line)["method"]
         for line in executor_log.splitlines()
-        if run_id in line and "report to chat_service failed, retrying" in line
+        if run_id in line and "call to chat_service failed, retrying" in line
     }
     assert retried, "no report was retried"
     await _check_stream_replay(recovery_client, recovery_key, run)
+
+
+async def test_recovery_claim_waits_for_chat_service(
+    recovery_stack: Stack,
+    recovery_client: httpx.AsyncClient,
+    recovery_key: str,
+    fake_model: FakeModelThread,
+) -> None:
+    fake_model.reset(solo={"reply": "claimed after the restart"})
+    agent = recovery_stack.process("agent_service")
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        run_id = await _post(recovery_client, recovery_key, "wait for me", "solo")
+        # Let the relay publish the agent task before chat_service goes away.
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(recovery_stack.kill, "chat_service")
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    try:
+        # The agent now fetches the task while chat_service is down.
+        await asyncio.sleep(3.0)
+    finally:
+        await asyncio.to_thread(recovery_stack.start_process, "chat_service")
+    run = await wait_for_run(recovery_client, recovery_key, run_id, timeout=40.0)
+
+    assert run["status"] == "completed", run
+    assert run["assistant_message"]["content"] == "claimed after the restart"
+    agent_log = [
+        json.loads(line)
+        for line in recovery_stack.read_log("agent_service").splitlines()
+        if run_id in line
+    ]
+    retried = [
+        r for r in agent_log if r["event"] == "call to chat_service failed, retrying"
+    ]
+    assert {r["method"] for r in retried} == {"ClaimRun"}
+    # The first delivery waited for chat_service instead of being nak'ed.
+    claims = [r for r in agent_log if r["event"] == "run claimed"]
+    assert [r["delivery"] for r in claims] == [1]
 
 
 async def test_recovery_nats_outage_accepts_messages(
@@ -320,6 +360,8 @@ async def test_recovery_agent_failures_end_in_failed_run(
     original_env = dict(agent.env)
     await asyncio.to_thread(recovery_stack.terminate, "agent_service")
     agent.env["BULKHEAD_CHAT_SERVICE_ADDR"] = f"127.0.0.1:{free_port('127.0.0.1')}"
+    # Without retries of its calls, the deliveries run out in seconds.
+    agent.env["BULKHEAD_AGENT_RPC_RETRY_S"] = "0"
     await asyncio.to_thread(recovery_stack.start_process, "agent_service")
     try:
         content = "the agent never plans this"

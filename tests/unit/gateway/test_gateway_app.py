@@ -206,6 +206,20 @@ async def test_app_charset_utf8_accepted(
     assert_problem(response, 503)
 
 
+async def test_app_two_content_types_415(signed_in: httpx.AsyncClient) -> None:
+    response = await signed_in.post(
+        "/api/chat",
+        content=b'{"content": "Hello"}',
+        headers=[
+            ("Content-Type", "application/json"),
+            ("Content-Type", "text/plain"),
+        ],
+    )
+
+    problem = assert_problem(response, 415)
+    assert problem["detail"] == "Content-Type must be sent once."
+
+
 async def test_app_charset_without_body_ignored(
     signed_in: httpx.AsyncClient,
 ) -> None:

@@ -20,7 +20,7 @@ UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 async def test_report_retry_stops_after_window() -> None:
     # Nothing listens on the port, so every try fails.
     channel = create_channel(f"127.0.0.1:{free_port()}")
-    client = RunClient(channel, timeout_s=0.5, report_retry_s=1.5)
+    client = RunClient(channel, timeout_s=0.5, retry_s=1.5)
     started = time.monotonic()
     try:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
