@@ -32,6 +32,9 @@ class Plan:
     # first is the primary layout: sections 4 to 6 run in it. The summary
     # keys report the split layout.
     layouts: tuple[str, ...] = ("split", "single")
+    # Clients of the split layout measured again with agent and executor
+    # stopped, which shows what the AI work on the same cores costs.
+    api_only_clients: tuple[int, ...] = (16, 64)
     isolation_clients: int = 16
     isolation_cases: tuple[str, ...] = ("fast", "slow", "hang", "fail")
     ttft_single_streams: int = 30
@@ -68,6 +71,7 @@ QUICK = Plan(
     post_clients=(16, 64),
     sqlite_clients=(),
     peer_clients=(),
+    api_only_clients=(),
     layouts=("split",),
     isolation_cases=("fast", "fail"),
     ttft_single_streams=10,

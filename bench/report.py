@@ -248,6 +248,7 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
         "reference_grpc": "(1b) bare FastAPI + gRPC + asyncpg",
         "postgres": "Bulkhead, PostgreSQL, single layout",
         "postgres_split": "Bulkhead, PostgreSQL, split layout",
+        "postgres_split_api_only": "Bulkhead, split layout, agent and executor stopped",
         "sqlite": "Bulkhead, SQLite",
         "peer": "LangGraph dev server",
     }

@@ -111,6 +111,8 @@ class BenchStack:
             )
         )
         self.api_key = ""
+        # Processes stopped on purpose, left out of pids().
+        self.stopped: set[str] = set()
 
     def start(self) -> Self:
         try:
@@ -145,12 +147,23 @@ class BenchStack:
     def authorization(self) -> str:
         return f"Bearer {self.api_key}"
 
+    def stop_workers(self) -> None:
+        """SIGKILL every agent and executor replica; the rest keeps running."""
+        for kind in ("agent_service", "executor_service"):
+            for name in self.stack.replicas_of(kind):
+                self.stack.kill(name)
+                self.stopped.add(name)
+
     def pid(self, name: str) -> int | None:
         return self.stack.process(name).pid
 
     def pids(self) -> dict[str, int | None]:
         """Process ids of every service replica, by process name."""
-        return {name: process.pid for name, process in self.stack.processes.items()}
+        return {
+            name: process.pid
+            for name, process in self.stack.processes.items()
+            if name not in self.stopped
+        }
 
     def memory(self, name: str) -> dict[str, int]:
         return memory_kb(self.pid(name))

@@ -28,6 +28,8 @@ from bulkhead.devstack import ManagedProcess, StackError, free_port
 from tests.support.postgres import create_database, drop_database
 
 GROUP_OF_LAYOUT = {"single": "postgres", "split": "postgres_split"}
+# The split layout with its agent and executor stopped.
+API_ONLY_GROUP = "postgres_split_api_only"
 PEER_BODY = (
     '{"assistant_id": "' + ASSISTANT_ID + '", "input": {"content": '
     '"Hello, how are you today?"}, "if_not_exists": "create"}'
@@ -132,12 +134,23 @@ async def _execute(dsn: str, sql: str) -> None:
 
 
 def measure_stack(
-    ctx: Context, database: str, clients: int, layout: str = "single"
+    ctx: Context,
+    database: str,
+    clients: int,
+    layout: str = "single",
+    *,
+    workers: bool = True,
 ) -> dict[str, Any]:
-    """Start a fresh stack, measure POST /api/chat at ``clients``, stop it."""
+    """Start a fresh stack, measure POST /api/chat at ``clients``, stop it.
+
+    With ``workers`` False, the agent and executor are stopped before the
+    load, which approximates a deployment with AI work on other machines.
+    """
     with BenchStack(
         ctx.work_dir, ctx.fake.models_file, database=database, layout=layout
     ) as bench:
+        if not workers:
+            bench.stop_workers()
         meter = CpuMeter(bench.pids())
         meter.start()
         result = post_load(
@@ -204,6 +217,13 @@ def run(ctx: Context) -> dict[str, Any]:
                     record = measure_stack(ctx, database, clients, layout)
                     raw[group][clients].append(record)
                     _log(group, clients, record)
+            if "split" in plan.layouts:
+                for clients in plan.api_only_clients:
+                    record = measure_stack(
+                        ctx, "postgres", clients, "split", workers=False
+                    )
+                    raw[API_ONLY_GROUP][clients].append(record)
+                    _log(API_ONLY_GROUP, clients, record)
             if peer_command is not None:
                 for clients in plan.peer_clients:
                     try:
@@ -250,6 +270,9 @@ def _ratios(
         "single_accept_vs_grpc_bare_c64": ("postgres", "reference_grpc", 64),
         "single_accept_vs_peer_c64": ("postgres", "peer", 64),
         "split_vs_single_c64": ("postgres_split", "postgres", 64),
+        "api_only_vs_grpc_bare_c64": (API_ONLY_GROUP, "reference_grpc", 64),
+        "api_only_vs_grpc_bare_c16": (API_ONLY_GROUP, "reference_grpc", 16),
+        "split_vs_api_only_c64": ("postgres_split", API_ONLY_GROUP, 64),
         "sqlite_vs_postgres_c64": ("sqlite", "postgres", 64),
     }
     ratios = {}
