@@ -222,7 +222,8 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
         (
             "(1a) is FastAPI + asyncpg with one CTE statement. (1b) is FastAPI → "
             "grpc.aio → asyncpg with the same statement. Bulkhead runs with agents "
-            "and executors answering from the fake model (`bench-fast`). The peer "
+            "and executors answering from the fake model (`bench-fast`), except in "
+            "the row where they are stopped right after the stack starts. The peer "
             "is the LangGraph dev server, creating one background run on a new "
             "thread per request."
         ),
