@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import uvloop
@@ -18,6 +19,7 @@ from bulkhead.worker import RunClient, TaskWorker, WorkerOptions
 from bulkhead.worker.loop import make_worker_id
 from executor_service.config import ExecutorSettings
 from executor_service.providers import default_providers
+from executor_service.providers.openai_compatible import unset_api_key_variables
 from executor_service.worker import ExecutorHandler
 
 SERVICE = "executor_service"
@@ -28,6 +30,13 @@ logger = get_logger(__name__)
 async def serve(settings: ExecutorSettings) -> None:
     """Run the executor until SIGTERM or SIGINT, then shut down cleanly."""
     catalog = load_catalog(settings.models_file)
+    for route, variable in unset_api_key_variables(catalog, os.environ).items():
+        logger.warning(
+            "api key variable of a model route is not set; its calls send a "
+            "placeholder key",
+            model=route,
+            api_key_env=variable,
+        )
     topology = Topology.from_settings(settings)
     worker_id = make_worker_id("executor")
     channel = create_channel(settings.chat_service_addr, settings.grpc_tls())

@@ -13,13 +13,13 @@ import email.utils
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import openai
 
 from bulkhead.log import get_logger
-from bulkhead.models import ModelSpec
+from bulkhead.models import ModelCatalog, ModelSpec
 from executor_service.providers.base import (
     ChatMessage,
     ErrorKind,
@@ -36,6 +36,20 @@ MAX_ERROR_MESSAGE_CHARS = 200
 # every server error.
 _RETRYABLE_STATUSES = {408, 409, 429}
 _KEY_LIKE = re.compile(r"\b(sk|key|rk|pk)-[A-Za-z0-9_\-*]{4,}", re.IGNORECASE)
+
+
+def unset_api_key_variables(
+    catalog: ModelCatalog, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Return the routes whose ``api_key_env`` names an unset or empty variable,
+    mapped to that variable's name; their calls send ``MISSING_API_KEY``."""
+    return {
+        route: spec.api_key_env
+        for route, spec in catalog.models.items()
+        if spec.provider == "openai"
+        and spec.api_key_env
+        and not environ.get(spec.api_key_env)
+    }
 
 
 class OpenAICompatibleProvider:
