@@ -6,7 +6,7 @@ trip of its own. :func:`defer_insert` and :func:`defer_update` queue such
 writes on the connection, and the queued writes go out as one statement, as
 data-modifying CTEs, right before the connection's next statement (a hook
 on the engine) or before the transaction commits (``Database.transaction``).
-So every read still sees every write made before it.
+So every read still finds every write made before it.
 
 The CTEs of one statement see the same snapshot and none sees the changes
 of another. So a deferred UPDATE first sends the writes already queued on

@@ -163,7 +163,7 @@ async def test_recovery_chat_service_restart_keeps_model_call(
     recovery_key: str,
     fake_model: FakeModelThread,
 ) -> None:
-    # About 2 s of streaming; chat_service dies early in it and stays down
+    # About 2 s of streaming. chat_service dies early in it and stays down
     # until the model has finished, so output and the final report wait.
     fake_model.reset(slow={"reply": REPLY, "chunk_delay_s": 0.07})
     run_id = await _post(recovery_client, recovery_key, "keep going", "slow")

@@ -1,4 +1,4 @@
-"""How RunClient retries reports while chat_service cannot be reached."""
+"""How RunClient retries claims and reports while chat_service cannot be reached."""
 
 from __future__ import annotations
 
