@@ -1,4 +1,4 @@
-"""Administration commands: ``python -m chat_service.admin COMMAND``.
+"""Administration commands: python -m chat_service.admin COMMAND
 
 create-api-key --user USER [--name NAME]   print a new key (shown once)
 list-api-keys [--user USER]                list keys without their secrets

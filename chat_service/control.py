@@ -29,7 +29,7 @@ async def cancel_run(
     if run.status == "cancelled":
         return run, effects
     if run.status in ("completed", "failed"):
-        raise RunFinishedError(f"run is already {run.status}", status=run.status)
+        raise RunFinishedError(f"The run is already {run.status}.", status=run.status)
     await finish_run(
         conn, run, "cancelled", effects, topology, {"reason": "cancelled by user"}
     )
@@ -56,11 +56,11 @@ async def retry_run(
     ).one()
     if newest.id != old.id:
         raise RunNotRetryableError(
-            "a newer run exists for this message", run_id=str(newest.id)
+            "A newer run exists for this message.", run_id=str(newest.id)
         )
     if old.status not in ("failed", "cancelled"):
         raise RunNotRetryableError(
-            f"only failed or cancelled runs can be retried; run is {old.status}"
+            f"Only failed or cancelled runs can be retried; this run is {old.status}."
         )
 
     now = utcnow()

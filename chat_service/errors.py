@@ -29,7 +29,7 @@ class InvalidArgumentError(ChatServiceError):
     reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"invalid {field}: {description}")
+        super().__init__(f"Invalid {field}: {description}.")
         self.violations = [FieldViolation(field, description)]
 
     def to_status(self) -> grpc.Status:

@@ -83,7 +83,7 @@ async def claim_key(
         return Claim(replay=None)
     if existing.fingerprint != request_fingerprint:
         raise IdempotencyKeyReusedError(
-            "this Idempotency-Key was already used with a different request body"
+            "This Idempotency-Key was already used with a different request body."
         )
     return Claim(replay=existing.response)
 

@@ -79,7 +79,7 @@ def validate_request(
         return catalog.resolve(request.model or None)
     except KeyError:
         raise InvalidArgumentError(
-            "model", f"unknown model {request.model!r}"
+            "model", f"must name a configured model route; {request.model!r} is not one"
         ) from None
 
 
@@ -259,7 +259,7 @@ async def _resolve_busy(
     if not active:
         return False
     if on_busy == chat_service_pb2.ON_BUSY_REJECT:
-        raise ChatBusyError("the chat has an active run", run_id=str(active[0].id))
+        raise ChatBusyError("The chat has an active run.", run_id=str(active[0].id))
     if on_busy == chat_service_pb2.ON_BUSY_INTERRUPT:
         for run in active:
             await finish_run(

@@ -35,7 +35,7 @@ def limited_error(limit: int, timestamp: float) -> RateLimitedError:
     the window of ``timestamp`` ends as metadata ``retry_after_s``."""
     retry_after_s = max(1, math.ceil((window_of(timestamp) + 1) * WINDOW_S - timestamp))
     return RateLimitedError(
-        f"too many messages: at most {limit} per minute",
+        f"Too many messages: at most {limit} per minute.",
         retry_after_s=str(retry_after_s),
     )
 

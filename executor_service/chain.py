@@ -103,6 +103,7 @@ class _ChainState:
     calls: list[types_pb2.ModelCall] = field(default_factory=list)
     needs_reset: bool = False
     last_error: ProviderError | None = None
+    max_output_chars: int | None = None
 
 
 async def run_chain(
@@ -114,6 +115,7 @@ async def run_chain(
     attempt: int,
     reset_first: bool = False,
     policy: RetryPolicy | None = None,
+    max_output_chars: int | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> ChainResult:
     """Call the models of ``plan.model_chain`` in order until one succeeds.
@@ -124,13 +126,19 @@ async def run_chain(
     ``attempt_failed``, every step down the chain as ``model_fallback``, and
     a call after one that streamed text is preceded by a ``reset``.
 
+    A call whose text reaches ``max_output_chars`` is closed there and
+    completes with the text cut at the limit, since a server that ignores
+    ``max_tokens`` could otherwise stream without end.
+
     Raises:
         ChainExhaustedError: every model failed. Errors raised by the sink
         (a lost run, a cancel) propagate unchanged.
     """
     policy = policy or RetryPolicy()
     messages = context_messages(plan)
-    state = _ChainState(attempt=attempt, needs_reset=reset_first)
+    state = _ChainState(
+        attempt=attempt, needs_reset=reset_first, max_output_chars=max_output_chars
+    )
     chain = list(plan.model_chain)
     if not chain:
         raise ChainExhaustedError("model_unavailable", "the plan has no models", [])
@@ -240,13 +248,23 @@ async def _call_once(
     )
     usage: TokenUsage | None = None
     streamed = False
+    room = state.max_output_chars
+    cut = False
     try:
         stream = provider.stream(_named(spec, route), messages, max_tokens)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for chunk in stream:
                 if chunk.text:
                     streamed = True
-                    await sink.delta(sanitize(chunk.text))
+                    text = sanitize(chunk.text)
+                    if room is not None:
+                        cut = len(text) > room
+                        text = text[:room]
+                        room -= len(text)
+                    if text:
+                        await sink.delta(text)
+                    if cut:
+                        break
                 if chunk.usage is not None:
                     usage = chunk.usage
     except ProviderError as error:
@@ -267,6 +285,17 @@ async def _call_once(
         completion_tokens=usage.completion_tokens if usage else 0,
     )
     call.usage.CopyFrom(total)
+    if cut:
+        call.error_class = "output_limit"
+        call.error_message = (
+            f"the answer was cut at {state.max_output_chars} characters"
+        )
+        logger.warning(
+            "model output cut at the limit",
+            model=route,
+            call=call.number,
+            max_output_chars=state.max_output_chars,
+        )
     state.calls.append(call)
     logger.info("model call completed", model=route, call=call.number)
     return ChainResult(model_used=route, usage=total, calls=state.calls)

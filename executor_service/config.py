@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bulkhead.settings import CommonSettings
+from bulkhead.settings import MAX_OUTPUT_CHARS, CommonSettings
 
 
 class ExecutorSettings(CommonSettings):
@@ -38,6 +38,15 @@ class ExecutorSettings(CommonSettings):
         default=2048,
         gt=0,
         description="Characters of pending output that trigger a batch at once.",
+    )
+    executor_max_output_chars: int = Field(
+        default=MAX_OUTPUT_CHARS,
+        ge=1,
+        le=MAX_OUTPUT_CHARS,
+        description=(
+            "Characters of one model answer after which the executor closes the "
+            "call and keeps the answer cut there."
+        ),
     )
     executor_retry_base_s: float = Field(
         default=0.5, gt=0, description="Ceiling of the first retry delay, in seconds."

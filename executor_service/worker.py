@@ -52,6 +52,7 @@ class ExecutorHandler:
             max_s=settings.executor_retry_max_s,
             retry_after_max_s=settings.executor_retry_after_max_s,
         )
+        self._max_output_chars = settings.executor_max_output_chars
         self._active: dict[str, RunExecution] = {}
 
     async def on_cancel_notice(self, msg: Msg) -> None:
@@ -172,6 +173,7 @@ class RunExecution:
                 attempt=self._attempt,
                 reset_first=self._claim.has_output,
                 policy=handler._policy,
+                max_output_chars=handler._max_output_chars,
             )
         except ChainExhaustedError as error:
             final_batch, final_output = await output.take_pending()

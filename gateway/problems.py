@@ -101,7 +101,9 @@ _KIND_BY_CODE: dict[grpc.StatusCode, ProblemKind] = {
     grpc.StatusCode.INVALID_ARGUMENT: VALIDATION,
     grpc.StatusCode.NOT_FOUND: NOT_FOUND,
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: RATE_LIMITED,
+    # RESOURCE_EXHAUSTED is not listed: chat_service's rate limit carries its
+    # reason, and without one the code comes from gRPC itself (a message
+    # over the size limit), which a retry does not cure.
     grpc.StatusCode.UNAVAILABLE: UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: UNAVAILABLE,
 }
@@ -127,11 +129,8 @@ class ProblemError(Exception):
 
 def validation_problem(field: str, message: str) -> ProblemError:
     """Build the 422 problem for one invalid request field."""
-    return ProblemError(
-        VALIDATION,
-        f"The request has an invalid field: {field}.",
-        errors=[FieldError(field=field, message=message)],
-    )
+    errors = [FieldError(field=field, message=message)]
+    return ProblemError(VALIDATION, invalid_fields_detail(errors), errors)
 
 
 def not_found_problem(detail: str) -> ProblemError:
@@ -184,14 +183,10 @@ def problem_for_rpc_error(error: grpc.RpcError) -> ProblemError:
         )
     if kind is UNAVAILABLE:
         headers["Retry-After"] = "1"
-    return ProblemError(
-        kind,
-        _client_detail(kind, detail),
-        errors=[
-            FieldError(field=v.field, message=v.description) for v in detail.violations
-        ],
-        headers=headers,
-    )
+    errors = [
+        FieldError(field=v.field, message=v.description) for v in detail.violations
+    ]
+    return ProblemError(kind, _client_detail(kind, detail, errors), errors, headers)
 
 
 def request_id_of(request: Request) -> str | None:
@@ -228,9 +223,16 @@ async def handle_validation_error(request: Request, error: Exception) -> JSONRes
             UNSUPPORTED_MEDIA_TYPE, unsupported, request_id_of(request)
         )
     errors = [_field_error(item) for item in error.errors()]
-    fields = ", ".join(dict.fromkeys(item.field for item in errors))
-    detail = f"The request has invalid fields: {fields}."
+    detail = invalid_fields_detail(errors)
     return problem_response(VALIDATION, detail, request_id_of(request), errors)
+
+
+def invalid_fields_detail(errors: Sequence[FieldError]) -> str:
+    """Return the ``detail`` of a 422 problem, which names its invalid fields."""
+    fields = list(dict.fromkeys(item.field for item in errors))
+    if len(fields) == 1:
+        return f"The request has an invalid field: {fields[0]}."
+    return f"The request has invalid fields: {', '.join(fields)}."
 
 
 async def handle_http_exception(request: Request, error: Exception) -> JSONResponse:
@@ -248,9 +250,13 @@ async def handle_http_exception(request: Request, error: Exception) -> JSONRespo
     return problem_response(kind, detail, request_id_of(request), headers=error.headers)
 
 
-def _client_detail(kind: ProblemKind, detail: RpcErrorDetail) -> str:
+def _client_detail(
+    kind: ProblemKind, detail: RpcErrorDetail, errors: Sequence[FieldError]
+) -> str:
     # 4xx messages from chat_service are written for clients; 5xx messages
     # may contain internals, so the client gets a fixed sentence instead.
+    if kind is VALIDATION and errors:
+        return invalid_fields_detail(errors)
     if kind.status < 500 and detail.message:
         return detail.message
     if kind is UNAVAILABLE:

@@ -150,7 +150,9 @@ def decode_cursor(cursor: str, listing: str, types: Sequence[type]) -> list[Any]
         UnicodeEncodeError,
         orjson.JSONDecodeError,
     ):
-        raise InvalidArgumentError("cursor", "malformed pagination cursor") from None
+        raise InvalidArgumentError(
+            "cursor", "must be a next_cursor of this listing"
+        ) from None
 
 
 def _cursor_value(kind: type, value: Any) -> Any:

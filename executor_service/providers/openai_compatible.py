@@ -36,6 +36,11 @@ MAX_ERROR_MESSAGE_CHARS = 200
 # every server error.
 _RETRYABLE_STATUSES = {408, 409, 429}
 _KEY_LIKE = re.compile(r"\b(sk|key|rk|pk)-[A-Za-z0-9_\-*]{4,}", re.IGNORECASE)
+# Errors raised for a stream event that cannot be read: the SDK's
+# JSONDecodeError (a ValueError) for data that is not JSON, and the errors of
+# reading a chunk of the wrong shape, since the SDK builds chunks without
+# validating them.
+_MALFORMED_EVENT_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
 
 
 def unset_api_key_variables(
@@ -80,13 +85,15 @@ class OpenAICompatibleProvider:
                 try:
                     async with asyncio.timeout_at(deadline):
                         chunk = await chunks.__anext__()
+                    text, usage, finish_reason = _read_chunk(chunk)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as error:
                     raise _timeout_error(
                         deadline, first_deadline, call_deadline, seen_text
                     ) from error
-                text, usage, finish_reason = _read_chunk(chunk)
+                except _MALFORMED_EVENT_ERRORS as error:
+                    raise _invalid_response(error, spec) from error
                 if finish_reason is not None:
                     finished = True
                 if text:
@@ -218,6 +225,17 @@ def map_openai_error(error: openai.OpenAIError, spec: ModelSpec) -> ProviderErro
     return ProviderError(
         _short_message(str(error), spec),
         error_class="stream_error",
+        kind=ErrorKind.UNAVAILABLE,
+        retryable=True,
+    )
+
+
+def _invalid_response(error: Exception, spec: ModelSpec) -> ProviderError:
+    """Build the error of a stream event that could not be read; it is retryable."""
+    reason = _short_message(f"{type(error).__name__}: {error}", spec)
+    return ProviderError(
+        f"the model server sent an event that could not be read ({reason})",
+        error_class="invalid_response",
         kind=ErrorKind.UNAVAILABLE,
         retryable=True,
     )

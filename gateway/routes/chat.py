@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Request, Response
 from google.protobuf.duration_pb2 import Duration
 
 from bulkhead.log import get_logger
-from bulkhead.proto.chat.v1 import chat_service_pb2, chat_service_pb2_grpc, types_pb2
+from bulkhead.proto.chat.v1 import chat_service_pb2, chat_service_pb2_grpc
 from gateway.auth import Caller, CallerDep
 from gateway.config import GatewaySettings
 from gateway.problems import problem_responses, validation_problem
@@ -111,10 +111,11 @@ async def post_message(
     wait_s = parse_wait_preference(prefer or [])
     if wait_s is not None:
         response.headers["Preference-Applied"] = f"wait={wait_s}"
-        finished = await _wait_for_run(stub, caller, result.run.id, wait_s)
-        if finished is not None:
-            response.status_code = 200
-            result.run = run_from_proto(finished)
+        waited = await _wait_for_run(stub, caller, result.run.id, wait_s)
+        if waited is not None:
+            result.run = run_from_proto(waited.run)
+            if waited.finished:
+                response.status_code = 200
     return result
 
 
@@ -149,8 +150,9 @@ async def _wait_for_run(
     caller: Caller,
     run_id: str,
     wait_s: int,
-) -> types_pb2.Run | None:
-    """Wait for a run to finish; return it if it did, else None.
+) -> chat_service_pb2.WaitRunResponse | None:
+    """Wait for a run to finish; return the run as the wait left it, and
+    whether it finished, or None when the wait failed.
 
     The message is already stored when this runs, so a failed wait is logged
     and the client gets the usual 202 instead of an error.
@@ -173,7 +175,7 @@ async def _wait_for_run(
     except Exception:
         logger.exception("wait for run failed", run_id=run_id)
         return None
-    return waited.run if waited.finished else None
+    return waited
 
 
 def _code_name(error: grpc.RpcError) -> str:

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from bulkhead.proto.chat.v1 import chat_service_pb2
 from gateway.auth import CallerDep
 from gateway.deps import ChatStubDep, SettingsDep, resource_id
-from gateway.problems import problem_responses
+from gateway.problems import problem_responses, validation_problem
 from gateway.routes import get_and_head
 from gateway.schemas import TERMINAL_RUN_STATUSES, Run, run_from_proto
 from gateway.sse import SSE_HEADERS, StreamLimits, parse_last_event_id, relay_run_events
@@ -134,6 +134,13 @@ async def stream_run_events(
         # A browser's EventSource reconnects after a 200 that ends, forever,
         # but stops on any other status, so a finished stream returns 204.
         return Response(status_code=204)
+    if after_seq > run.last_event_id:
+        # No client has seen such an id, and the stream would wait for it in
+        # vain: the run's own events, its last one included, come before it.
+        field = "Last-Event-ID" if last_event_id_header is not None else "last_event_id"
+        raise validation_problem(
+            field, f"must not be after the run's last event id ({run.last_event_id})"
+        )
 
     limiter: StreamLimiter = request.app.state.stream_limiter
     if request.method == "HEAD":

@@ -21,6 +21,7 @@ from tests.support.api import (
     wait_for_run,
 )
 from tests.support.fake_models import FakeModelThread
+from tests.support.model_stacks import MAX_OUTPUT_CHARS
 
 REPLY = "one two three four five six"
 
@@ -210,6 +211,99 @@ async def test_model_idle_stream_times_out_and_retries(
     _, events = await read_events(model_client, model_key, run["id"])
     assert "message.reset" in [e.event for e in events]
     assert answer_from(events) == REPLY
+
+
+async def test_model_event_that_is_not_json_is_retried(
+    model_client: httpx.AsyncClient, model_key: str, fake_model: FakeModelThread
+) -> None:
+    fake_model.reset(
+        flaky={"reply": REPLY, "garble_after_chunks": 2, "garble_times": 1},
+    )
+
+    run = await _answer(model_client, model_key, "flaky")
+
+    assert run["status"] == "completed", run
+    assert run["model_used"] == "flaky"
+    assert run["assistant_message"]["content"] == REPLY
+    assert [c.outcome for c in fake_model.calls("flaky")] == ["garbled", "completed"]
+    attempts = run["attempts"]
+    assert [a["outcome"] for a in attempts] == ["failed", "completed"]
+    assert attempts[0]["error_class"] == "invalid_response"
+    _, events = await read_events(model_client, model_key, run["id"])
+    types = [e.event for e in events]
+    assert types.index("attempt.failed") < types.index("message.reset")
+    assert answer_from(events) == REPLY
+
+
+async def test_model_answer_is_cut_at_output_limit(
+    model_client: httpx.AsyncClient, model_key: str, fake_model: FakeModelThread
+) -> None:
+    # A server that ignores max_tokens: 40 chunks of 500 characters.
+    reply = "".join(f"{i:04d}" + "x" * 496 for i in range(40))
+    fake_model.reset(solo={"reply": reply, "chunks": 40, "chunk_delay_s": 0.05})
+
+    run = await _answer(model_client, model_key, "solo")
+
+    assert run["status"] == "completed", run
+    assert run["assistant_message"]["content"] == reply[:MAX_OUTPUT_CHARS]
+    [attempt] = run["attempts"]
+    assert attempt["outcome"] == "completed"
+    assert attempt["error_class"] == "output_limit"
+    # The executor closed the call at the limit instead of reading on.
+    [call] = fake_model.calls("solo")
+    assert call.chunks_sent < 40
+    _, events = await read_events(model_client, model_key, run["id"])
+    assert answer_from(events) == reply[:MAX_OUTPUT_CHARS]
+
+
+async def test_events_after_id_not_yet_sent_is_422(
+    model_client: httpx.AsyncClient, model_key: str, fake_model: FakeModelThread
+) -> None:
+    fake_model.reset(slow={"reply": REPLY, "chunk_delay_s": 2.0})
+    posted = await post_chat(model_client, model_key, "slowly", model="slow")
+    run_id = posted.json()["run"]["id"]
+    path = f"/api/runs/{run_id}/events"
+    run = (
+        await model_client.get(f"/api/runs/{run_id}", headers=auth(model_key))
+    ).json()
+    assert run["status"] not in ("completed", "failed", "cancelled")
+    beyond = run["last_event_id"] + 5
+
+    by_header = await model_client.get(
+        path, headers={**auth(model_key), "Last-Event-ID": str(beyond)}
+    )
+    by_query = await model_client.get(
+        f"{path}?last_event_id={beyond}", headers=auth(model_key)
+    )
+
+    for response, field in ((by_header, "Last-Event-ID"), (by_query, "last_event_id")):
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == field
+    cancel = await model_client.post(
+        f"/api/runs/{run_id}/cancel", headers=auth(model_key)
+    )
+    assert cancel.status_code == 202
+
+
+async def test_wait_that_ends_first_returns_current_run(
+    model_client: httpx.AsyncClient, model_key: str, fake_model: FakeModelThread
+) -> None:
+    fake_model.reset(slow={"reply": REPLY, "chunk_delay_s": 2.0})
+
+    posted = await post_chat(
+        model_client, model_key, "slowly", model="slow", headers={"Prefer": "wait=2"}
+    )
+
+    assert posted.status_code == 202, posted.text
+    assert posted.headers["preference-applied"] == "wait=2"
+    run = posted.json()["run"]
+    # The run as the wait left it, not as it was accepted.
+    assert run["status"] == "running"
+    assert run["assistant_message"]["content"].startswith("one")
+    cancel = await model_client.post(
+        f"/api/runs/{run['id']}/cancel", headers=auth(model_key)
+    )
+    assert cancel.status_code == 202
 
 
 async def test_retry_endpoint_starts_new_run(

@@ -85,6 +85,9 @@ class Behaviour:
         drop_after_chunks: Close the connection abruptly after this many
             content chunks, in the middle of the chunked body.
         drop_times: How many calls drop the connection; -1 for all.
+        garble_after_chunks: Send an event whose data is not JSON after this
+            many content chunks, then end the stream with ``[DONE]``.
+        garble_times: How many calls send that event; -1 for all.
         prompt_tokens: Prompt tokens reported in usage.
     """
 
@@ -101,6 +104,8 @@ class Behaviour:
     stall_times: int = -1
     drop_after_chunks: int | None = None
     drop_times: int = -1
+    garble_after_chunks: int | None = None
+    garble_times: int = -1
     prompt_tokens: int = 10
 
     def split_reply(self) -> list[str]:
@@ -117,7 +122,8 @@ class CallRecord:
     """One chat completions call as the server saw it.
 
     ``outcome`` is "completed", "failed" (an error status), "stalled",
-    "dropped" (closed by the server) or "client_closed". ``first_chunk_at``
+    "dropped" (closed by the server), "garbled" (an event that is not JSON)
+    or "client_closed". ``first_chunk_at``
     is the ``time.time()`` at which the first content chunk was written.
     """
 
@@ -139,11 +145,12 @@ class _ClientClosedError(Exception):
 
 @dataclass(frozen=True)
 class _StreamScript:
-    """A behaviour with the stall and drop settings that apply to one call."""
+    """A behaviour with the stall, drop and garble settings of one call."""
 
     behaviour: Behaviour
     stall_after: int | None
     drop_after: int | None
+    garble_after: int | None = None
 
 
 def _applies(times: int, number: int) -> bool:
@@ -327,7 +334,10 @@ class FakeOpenAI:
             drop_after = behaviour.drop_after_chunks
             if not _applies(behaviour.drop_times, number):
                 drop_after = None
-            script = _StreamScript(behaviour, stall_after, drop_after)
+            garble_after = behaviour.garble_after_chunks
+            if not _applies(behaviour.garble_times, number):
+                garble_after = None
+            script = _StreamScript(behaviour, stall_after, drop_after, garble_after)
             await self._stream(payload, script, record, writer, closed)
         else:
             await _send_json(writer, 200, _completion(payload, behaviour))
@@ -388,6 +398,13 @@ class FakeOpenAI:
             if script.drop_after is not None and index >= script.drop_after:
                 record.outcome = "dropped"
                 writer.transport.abort()
+                return
+            if script.garble_after is not None and index >= script.garble_after:
+                await _send_data(writer, b"data: {not json\n\n")
+                await _send_data(writer, b"data: [DONE]\n\n")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                record.outcome = "garbled"
                 return
             delay = (
                 behaviour.first_chunk_delay_s if index == 0 else behaviour.chunk_delay_s

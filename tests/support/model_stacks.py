@@ -51,6 +51,9 @@ FAST_RETRIES = {
     "BULKHEAD_EXECUTOR_RETRY_BASE_S": "0.05",
     "BULKHEAD_EXECUTOR_RETRY_MAX_S": "0.2",
 }
+# The executor's limit on one answer in model_stack, low enough that a test
+# can stream past it in a moment.
+MAX_OUTPUT_CHARS = 5000
 # Crash recovery in seconds: a task is redelivered 3 s after its worker died,
 # a lease expires 3 s after its last renewal, the sweeper looks every 0.5 s.
 RECOVERY_ENV = {
@@ -90,7 +93,11 @@ def model_stack(
     started = stack_factory(
         database=request.param,
         models_file=fake_models_file,
-        env={"BULKHEAD_DEV_MODE": "true", **FAST_RETRIES},
+        env={
+            "BULKHEAD_DEV_MODE": "true",
+            "BULKHEAD_EXECUTOR_MAX_OUTPUT_CHARS": str(MAX_OUTPUT_CHARS),
+            **FAST_RETRIES,
+        },
     )
     yield started
     started.stop()

@@ -75,7 +75,7 @@ async def messages_cursor(db: Database, chat_id: UUID) -> str:
 
 def assert_cursor_rejected(error: InvalidArgumentError) -> None:
     assert [violation.field for violation in error.violations] == ["cursor"]
-    assert error.message == "invalid cursor: malformed pagination cursor"
+    assert error.message == "Invalid cursor: must be a next_cursor of this listing."
 
 
 async def test_chats_cursor_rejected_by_messages(db: Database) -> None:

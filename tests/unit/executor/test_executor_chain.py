@@ -279,8 +279,17 @@ async def test_chain_cancel_closes_connection(fake, provider) -> None:
     assert record.outcome == "client_closed"
 
 
-async def test_chain_falls_back_to_builtin(fake, provider) -> None:
-    fake.configure("gpt-a", fail_status=500, fail_times=-1)
+@pytest.mark.parametrize(
+    ("behaviour", "error_class"),
+    [
+        ({"fail_status": 500, "fail_times": -1}, "http_500"),
+        ({"garble_after_chunks": 0, "garble_times": -1}, "invalid_response"),
+    ],
+)
+async def test_chain_falls_back_to_builtin(
+    fake, provider, behaviour: dict[str, Any], error_class: str
+) -> None:
+    fake.configure("gpt-a", **behaviour)
     catalog = make_catalog(fake, **{"gpt-a": {"max_retries": 0}})
     sink = RecordingSink()
 
@@ -292,6 +301,8 @@ async def test_chain_falls_back_to_builtin(fake, provider) -> None:
         sink,
     )
 
+    assert len(fake.calls_for("gpt-a")) == 1
+    assert [c.error_class for c in result.calls] == [error_class, ""]
     assert result.model_used == "bulkhead-echo"
     assert sink.visible_text() == "You said: hi you"
     assert result.calls[-1].provider == "builtin"
@@ -316,6 +327,57 @@ async def test_chain_sanitizes_model_text(fake, provider) -> None:
     await run(fake, provider, catalog, make_plan("gpt-a"), sink)
 
     assert sink.visible_text() == "bad\ufffdbyte"
+
+
+async def test_chain_retries_event_that_is_not_json(fake, provider) -> None:
+    fake.configure("gpt-a", reply="w1 w2 w3", garble_after_chunks=2, garble_times=1)
+    catalog = make_catalog(fake, **{"gpt-a": {"max_retries": 1}})
+    sink = RecordingSink()
+
+    result = await run(fake, provider, catalog, make_plan("gpt-a"), sink)
+
+    failed = result.calls[0]
+    assert failed.outcome == "failed"
+    assert failed.error_class == "invalid_response"
+    assert "JSONDecodeError" in failed.error_message
+    assert sink.kinds()[:4] == ["delta", "delta", "attempt_failed", "reset"]
+    assert sink.visible_text() == "w1 w2 w3"
+    assert [c.outcome for c in fake.calls_for("gpt-a")] == ["garbled", "completed"]
+
+
+async def test_chain_cuts_answer_at_output_limit(fake, provider) -> None:
+    fake.configure("gpt-a", reply="abcd" * 50, chunks=50, chunk_delay_s=0.02)
+    catalog = make_catalog(fake, **{"gpt-a": {}})
+    sink = RecordingSink()
+
+    result = await run(
+        fake, provider, catalog, make_plan("gpt-a"), sink, max_output_chars=30
+    )
+
+    assert sink.visible_text() == ("abcd" * 8)[:30]
+    assert result.model_used == "gpt-a"
+    call = result.calls[0]
+    assert call.outcome == "completed"
+    assert call.error_class == "output_limit"
+    assert call.error_message == "the answer was cut at 30 characters"
+    # The call was closed at the limit, not read to its end.
+    record = fake.calls_for("gpt-a")[0]
+    assert await fake.wait_for_call_end(record, 5.0)
+    assert record.client_closed
+    assert record.chunks_sent < 50
+
+
+async def test_chain_answer_within_output_limit_is_whole(fake, provider) -> None:
+    fake.configure("gpt-a", reply="abcd" * 5, chunks=5)
+    catalog = make_catalog(fake, **{"gpt-a": {}})
+    sink = RecordingSink()
+
+    result = await run(
+        fake, provider, catalog, make_plan("gpt-a"), sink, max_output_chars=20
+    )
+
+    assert sink.visible_text() == "abcd" * 5
+    assert result.calls[0].error_class == ""
 
 
 async def test_builtin_provider_is_deterministic() -> None:

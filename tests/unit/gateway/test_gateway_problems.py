@@ -69,7 +69,7 @@ def test_rpc_error_status_by_reason(
         (grpc.StatusCode.INVALID_ARGUMENT, 422),
         (grpc.StatusCode.NOT_FOUND, 404),
         (grpc.StatusCode.UNAUTHENTICATED, 401),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 500),
         (grpc.StatusCode.UNAVAILABLE, 503),
         (grpc.StatusCode.DEADLINE_EXCEEDED, 503),
         (grpc.StatusCode.FAILED_PRECONDITION, 500),
@@ -83,6 +83,20 @@ def test_rpc_error_status_by_code_without_reason(
     problem = problem_for_rpc_error(rpc_error(code, "message"))
 
     assert problem.kind.status == status
+
+
+def test_rpc_error_message_too_large_hides_grpc_text() -> None:
+    # What grpc.aio raises when a response is over the message size limit.
+    error = rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SERVER: Sent message larger than max (5416918 vs. 4194304)",
+    )
+
+    problem = problem_for_rpc_error(error)
+
+    assert problem.kind.status == 500
+    assert "Retry-After" not in problem.headers
+    assert problem.detail == "The server failed to handle the request."
 
 
 def test_rpc_error_reason_wins_over_code() -> None:
@@ -165,19 +179,19 @@ def test_rpc_error_client_side_message_kept() -> None:
 
 
 def test_rpc_error_field_violations_become_errors() -> None:
+    message = "must name a configured model route; 'x' is not one"
     error = rpc_error(
         grpc.StatusCode.INVALID_ARGUMENT,
-        "invalid model",
+        f"Invalid model: {message}.",
         Reason.INVALID_ARGUMENT,
-        violations=[FieldViolation("model", "unknown model 'x'")],
+        violations=[FieldViolation("model", message)],
     )
 
     problem = problem_for_rpc_error(error)
 
     assert problem.kind.status == 422
-    assert [(e.field, e.message) for e in problem.errors] == [
-        ("model", "unknown model 'x'")
-    ]
+    assert problem.detail == "The request has an invalid field: model."
+    assert [(e.field, e.message) for e in problem.errors] == [("model", message)]
 
 
 @pytest.mark.parametrize(
