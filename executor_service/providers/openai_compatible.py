@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import os
 import re
 import time
@@ -36,6 +37,10 @@ MAX_ERROR_MESSAGE_CHARS = 200
 # every server error.
 _RETRYABLE_STATUSES = {408, 409, 429}
 _KEY_LIKE = re.compile(r"\b(sk|key|rk|pk)-[A-Za-z0-9_\-*]{4,}", re.IGNORECASE)
+# Seconds to wait for [DONE] once the finish reason and the usage have come.
+DONE_WAIT_S = 2.0
+# Token counts are stored as int32.
+_MAX_TOKEN_COUNT = 2**31 - 1
 # Errors raised for a stream event that cannot be read: the SDK's
 # JSONDecodeError (a ValueError) for data that is not JSON, and the errors of
 # reading a chunk of the wrong shape, since the SDK builds chunks without
@@ -77,37 +82,44 @@ class OpenAICompatibleProvider:
             chunks = response.__aiter__()
             seen_text = False
             finished = False
+            seen_usage = False
             while True:
                 idle_deadline = loop.time() + spec.idle_timeout_s
                 deadline = min(idle_deadline, call_deadline)
                 if not seen_text:
                     deadline = min(deadline, first_deadline)
+                if finished and seen_usage:
+                    deadline = min(deadline, loop.time() + DONE_WAIT_S)
                 try:
                     async with asyncio.timeout_at(deadline):
                         chunk = await chunks.__anext__()
-                    text, usage, finish_reason = _read_chunk(chunk)
+                    text, usage, finish_reason = _read_chunk(chunk, spec)
                 except StopAsyncIteration:
                     break
                 except TimeoutError as error:
+                    if finished:
+                        # The answer is whole; only the end of the stream
+                        # ([DONE], or the usage before it) did not come.
+                        logger.warning(
+                            "model stream not closed after its finish reason",
+                            model=spec.name,
+                        )
+                        break
                     raise _timeout_error(
                         deadline, first_deadline, call_deadline, seen_text
                     ) from error
                 except _MALFORMED_EVENT_ERRORS as error:
-                    raise _invalid_response(error, spec) from error
+                    raise _invalid_response(error) from error
                 if finish_reason is not None:
                     finished = True
                 if text:
                     seen_text = True
                     yield StreamChunk(text=text)
                 if usage is not None:
+                    seen_usage = True
                     yield StreamChunk(usage=usage)
             if not finished:
-                raise ProviderError(
-                    "stream ended without a finish reason",
-                    error_class="incomplete_stream",
-                    kind=ErrorKind.UNAVAILABLE,
-                    retryable=True,
-                )
+                raise _unfinished_stream_error(response)
         except openai.OpenAIError as error:
             raise map_openai_error(error, spec) from error
         finally:
@@ -168,7 +180,9 @@ class OpenAICompatibleProvider:
         return client
 
 
-def _read_chunk(chunk: Any) -> tuple[str, TokenUsage | None, str | None]:
+def _read_chunk(
+    chunk: Any, spec: ModelSpec
+) -> tuple[str, TokenUsage | None, str | None]:
     text_parts: list[str] = []
     finish_reason = None
     for choice in chunk.choices or []:
@@ -180,10 +194,27 @@ def _read_chunk(chunk: Any) -> tuple[str, TokenUsage | None, str | None]:
     usage = None
     if chunk.usage is not None:
         usage = TokenUsage(
-            prompt_tokens=chunk.usage.prompt_tokens or 0,
-            completion_tokens=chunk.usage.completion_tokens or 0,
+            prompt_tokens=_token_count(chunk.usage, "prompt_tokens", spec),
+            completion_tokens=_token_count(chunk.usage, "completion_tokens", spec),
         )
     return "".join(text_parts), usage, finish_reason
+
+
+def _token_count(usage: Any, field: str, spec: ModelSpec) -> int:
+    """Return a token count of the usage chunk; 0 when it is missing or is
+    not a count, which loses the figure but keeps the answer."""
+    value = getattr(usage, field, None)
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= _MAX_TOKEN_COUNT:
+        return value
+    logger.warning(
+        "model sent a token count that is not a count; recorded as 0",
+        model=spec.name,
+        field=field,
+        value=repr(value)[:40],
+    )
+    return 0
 
 
 def _timeout_error(
@@ -230,12 +261,43 @@ def map_openai_error(error: openai.OpenAIError, spec: ModelSpec) -> ProviderErro
     )
 
 
-def _invalid_response(error: Exception, spec: ModelSpec) -> ProviderError:
-    """Build the error of a stream event that could not be read; it is retryable."""
-    reason = _short_message(f"{type(error).__name__}: {error}", spec)
+def _invalid_response(error: Exception) -> ProviderError:
+    """Build the error of a stream event that could not be read; it is retryable.
+
+    The message goes to API users in the run's attempts, so it names the
+    fault and not the Python exception, which only the log shows.
+    """
+    logger.warning(
+        "model stream event could not be read",
+        error=f"{type(error).__name__}: {error}"[:MAX_ERROR_MESSAGE_CHARS],
+    )
+    if isinstance(error, json.JSONDecodeError):
+        message = "the model server sent an event whose data is not JSON"
+    else:
+        message = "the model server sent an event of an unexpected shape"
     return ProviderError(
-        f"the model server sent an event that could not be read ({reason})",
+        message,
         error_class="invalid_response",
+        kind=ErrorKind.UNAVAILABLE,
+        retryable=True,
+    )
+
+
+def _unfinished_stream_error(response: Any) -> ProviderError:
+    """Build the error of a response that ended without a finish reason."""
+    http_response = getattr(response, "response", None)
+    headers = getattr(http_response, "headers", {})
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type and media_type != "text/event-stream":
+        return ProviderError(
+            f"the model server answered with {media_type[:60]}, not an event stream",
+            error_class="invalid_response",
+            kind=ErrorKind.UNAVAILABLE,
+            retryable=True,
+        )
+    return ProviderError(
+        "stream ended without a finish reason",
+        error_class="incomplete_stream",
         kind=ErrorKind.UNAVAILABLE,
         retryable=True,
     )

@@ -120,6 +120,12 @@ async def stream_run_events(
 ) -> Response:
     """Stream a run's events over SSE, resuming after Last-Event-ID."""
     run_uuid = resource_id(run_id, "run")
+    # FastAPI passes one of several values. With several, where to resume
+    # is unclear.
+    if len(request.headers.getlist("last-event-id")) > 1:
+        raise validation_problem("Last-Event-ID", "must be sent once")
+    if len(request.query_params.getlist("last_event_id")) > 1:
+        raise validation_problem("last_event_id", "must be given once")
     after_seq = parse_last_event_id(last_event_id_header, last_event_id)
 
     # The unary call turns an unknown run, or another user's, into a 404

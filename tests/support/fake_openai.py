@@ -89,6 +89,11 @@ class Behaviour:
             many content chunks, then end the stream with ``[DONE]``.
         garble_times: How many calls send that event; -1 for all.
         prompt_tokens: Prompt tokens reported in usage.
+        usage: Sent as the usage object instead of the counted one, for
+            servers that send counts of the wrong type.
+        hold_after_finish: Keep the connection open after the finish reason
+            and the usage, without ``[DONE]``, until the client closes it.
+        ignore_stream: Answer a streamed request with the JSON completion.
     """
 
     reply: str = DEFAULT_REPLY
@@ -107,6 +112,9 @@ class Behaviour:
     garble_after_chunks: int | None = None
     garble_times: int = -1
     prompt_tokens: int = 10
+    usage: dict[str, Any] | None = None
+    hold_after_finish: bool = False
+    ignore_stream: bool = False
 
     def split_reply(self) -> list[str]:
         if self.chunks is None:
@@ -327,7 +335,7 @@ class FakeOpenAI:
             body = _error_body(behaviour.fail_status, message, behaviour.fail_code)
             await _send_json(writer, behaviour.fail_status, body, headers)
             return
-        if record.stream:
+        if record.stream and not behaviour.ignore_stream:
             stall_after = behaviour.stall_after_chunks
             if not _applies(behaviour.stall_times, number):
                 stall_after = None
@@ -424,6 +432,10 @@ class FakeOpenAI:
         await _send_event(writer, chunk([stop]))
         if include_usage:
             await _send_event(writer, chunk([], _usage(behaviour)))
+        if behaviour.hold_after_finish:
+            record.outcome = "held"
+            await closed
+            raise _ClientClosedError
         await _send_data(writer, b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -515,7 +527,9 @@ def _error_body(status: int, message: str, code: str | None = None) -> dict[str,
     }
 
 
-def _usage(behaviour: Behaviour) -> dict[str, int]:
+def _usage(behaviour: Behaviour) -> dict[str, Any]:
+    if behaviour.usage is not None:
+        return behaviour.usage
     completion_tokens = len(behaviour.reply.split())
     return {
         "prompt_tokens": behaviour.prompt_tokens,

@@ -339,10 +339,70 @@ async def test_chain_retries_event_that_is_not_json(fake, provider) -> None:
     failed = result.calls[0]
     assert failed.outcome == "failed"
     assert failed.error_class == "invalid_response"
-    assert "JSONDecodeError" in failed.error_message
+    assert failed.error_message == (
+        "the model server sent an event whose data is not JSON"
+    )
     assert sink.kinds()[:4] == ["delta", "delta", "attempt_failed", "reset"]
     assert sink.visible_text() == "w1 w2 w3"
     assert [c.outcome for c in fake.calls_for("gpt-a")] == ["garbled", "completed"]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "10", "completion_tokens": 4},
+        {"prompt_tokens": 1.5, "completion_tokens": 4},
+        {"prompt_tokens": 2**40, "completion_tokens": 4},
+        {"prompt_tokens": -5, "completion_tokens": 4},
+        {"prompt_tokens": True, "completion_tokens": 4},
+    ],
+)
+async def test_chain_usage_not_a_count_is_zero(
+    fake, provider, usage: dict[str, Any]
+) -> None:
+    fake.configure("gpt-a", reply="one two three four", usage=usage)
+    catalog = make_catalog(fake, **{"gpt-a": {}})
+    sink = RecordingSink()
+
+    result = await run(fake, provider, catalog, make_plan("gpt-a"), sink)
+
+    assert sink.visible_text() == "one two three four"
+    assert [c.outcome for c in result.calls] == ["completed"]
+    assert result.usage.prompt_tokens == 0
+    assert result.usage.completion_tokens == 4
+
+
+async def test_chain_completes_when_stream_stays_open_after_finish(
+    fake, provider
+) -> None:
+    # The finish reason and the usage come, then neither [DONE] nor the end.
+    fake.configure("gpt-a", reply="one two three", hold_after_finish=True)
+    catalog = make_catalog(fake, **{"gpt-a": {"idle_timeout_s": 0.5}})
+    sink = RecordingSink()
+
+    result = await run(fake, provider, catalog, make_plan("gpt-a"), sink)
+
+    assert sink.visible_text() == "one two three"
+    assert [(c.outcome, c.error_class) for c in result.calls] == [("completed", "")]
+    assert result.usage.completion_tokens == 3
+    assert len(fake.calls_for("gpt-a")) == 1
+
+
+async def test_chain_json_answer_to_stream_request_is_invalid_response(
+    fake, provider
+) -> None:
+    fake.configure("gpt-a", ignore_stream=True)
+    catalog = make_catalog(fake, **{"gpt-a": {"max_retries": 0}})
+    sink = RecordingSink()
+
+    with pytest.raises(ChainExhaustedError) as raised:
+        await run(fake, provider, catalog, make_plan("gpt-a"), sink)
+
+    [call] = raised.value.calls
+    assert call.error_class == "invalid_response"
+    assert call.error_message == (
+        "the model server answered with application/json, not an event stream"
+    )
 
 
 async def test_chain_cuts_answer_at_output_limit(fake, provider) -> None:

@@ -324,15 +324,20 @@ async def test_app_path_id_not_uuid_404(
 @pytest.mark.parametrize(
     ("headers", "query", "field"),
     [
-        ({"Last-Event-ID": "-1"}, "", "Last-Event-ID"),
-        ({"Last-Event-ID": "abc"}, "", "Last-Event-ID"),
-        ({"Last-Event-ID": "9223372036854775808"}, "", "Last-Event-ID"),
-        ({}, "?last_event_id=1.5", "last_event_id"),
-        ({}, "?last_event_id=", "last_event_id"),
+        ([("Last-Event-ID", "-1")], "", "Last-Event-ID"),
+        ([("Last-Event-ID", "abc")], "", "Last-Event-ID"),
+        ([("Last-Event-ID", "9223372036854775808")], "", "Last-Event-ID"),
+        ([("Last-Event-ID", "1"), ("Last-Event-ID", "3")], "", "Last-Event-ID"),
+        ([], "?last_event_id=1.5", "last_event_id"),
+        ([], "?last_event_id=", "last_event_id"),
+        ([], "?last_event_id=1&last_event_id=4", "last_event_id"),
     ],
 )
 async def test_app_invalid_last_event_id_422(
-    signed_in: httpx.AsyncClient, headers: dict[str, str], query: str, field: str
+    signed_in: httpx.AsyncClient,
+    headers: list[tuple[str, str]],
+    query: str,
+    field: str,
 ) -> None:
     response = await signed_in.get(f"/api/runs/{RUN_ID}/events{query}", headers=headers)
 
