@@ -16,15 +16,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkhead.tls import GrpcTls
 
-# Largest model answer the executor keeps, in characters: at most 4 MB of
-# UTF-8. Real providers stop at max_tokens long before this.
+# Largest model output the executor keeps, in characters: at most 4 MB of
+# UTF-8. A provider that honours max_tokens usually stops far earlier.
 MAX_OUTPUT_CHARS = 1_000_000
 # Upper bound for one gRPC message in either direction. The REST layer caps a
 # user message at 32,000 characters, at most 128 KB of UTF-8. chat_service
 # ends a page of messages, and the history sent with a claim, at 256,000
-# characters (at most 1 MiB) after the first message, and an answer is at
-# most MAX_OUTPUT_CHARS, so every message, a run with its answer included,
-# stays below this bound.
+# characters (at most 1 MiB) after the first message, and a model output is
+# at most MAX_OUTPUT_CHARS. So every message, a run with its assistant
+# message included, stays below this bound.
 GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 MIN_SECRET_CHARS = 16

@@ -98,8 +98,8 @@ class OpenAICompatibleProvider:
                     break
                 except TimeoutError as error:
                     if finished:
-                        # The answer is whole; only the end of the stream
-                        # ([DONE], or the usage before it) did not come.
+                        # The text is complete. Only the end of the stream
+                        # ([DONE], or the usage before it) is missing.
                         logger.warning(
                             "model stream not closed after its finish reason",
                             model=spec.name,
@@ -201,8 +201,8 @@ def _read_chunk(
 
 
 def _token_count(usage: Any, field: str, spec: ModelSpec) -> int:
-    """Return a token count of the usage chunk; 0 when it is missing or is
-    not a count, which loses the figure but keeps the answer."""
+    """Return a token count of the usage chunk, or 0 when it is missing or
+    not a whole number in int32 range, so that the model's text is kept."""
     value = getattr(usage, field, None)
     if value is None:
         return 0
@@ -262,7 +262,7 @@ def map_openai_error(error: openai.OpenAIError, spec: ModelSpec) -> ProviderErro
 
 
 def _invalid_response(error: Exception) -> ProviderError:
-    """Build the error of a stream event that could not be read; it is retryable.
+    """Build the retryable error of a stream event that could not be read.
 
     The message goes to API users in the run's attempts, so it names the
     fault and not the Python exception, which only the log shows.
@@ -290,7 +290,7 @@ def _unfinished_stream_error(response: Any) -> ProviderError:
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type and media_type != "text/event-stream":
         return ProviderError(
-            f"the model server answered with {media_type[:60]}, not an event stream",
+            f"the model server responded with {media_type[:60]}, not an event stream",
             error_class="invalid_response",
             kind=ErrorKind.UNAVAILABLE,
             retryable=True,

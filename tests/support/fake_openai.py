@@ -93,7 +93,7 @@ class Behaviour:
             servers that send counts of the wrong type.
         hold_after_finish: Keep the connection open after the finish reason
             and the usage, without ``[DONE]``, until the client closes it.
-        ignore_stream: Answer a streamed request with the JSON completion.
+        ignore_stream: Respond to a streamed request with the JSON completion.
     """
 
     reply: str = DEFAULT_REPLY

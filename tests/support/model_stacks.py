@@ -51,8 +51,8 @@ FAST_RETRIES = {
     "BULKHEAD_EXECUTOR_RETRY_BASE_S": "0.05",
     "BULKHEAD_EXECUTOR_RETRY_MAX_S": "0.2",
 }
-# The executor's limit on one answer in model_stack, low enough that a test
-# can stream past it in a moment.
+# The executor's limit on one model output in model_stack, low enough that a
+# test can stream past it in a moment.
 MAX_OUTPUT_CHARS = 5000
 # Crash recovery in seconds: a task is redelivered 3 s after its worker died,
 # a lease expires 3 s after its last renewal, the sweeper looks every 0.5 s.

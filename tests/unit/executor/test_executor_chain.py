@@ -388,9 +388,7 @@ async def test_chain_completes_when_stream_stays_open_after_finish(
     assert len(fake.calls_for("gpt-a")) == 1
 
 
-async def test_chain_json_answer_to_stream_request_is_invalid_response(
-    fake, provider
-) -> None:
+async def test_chain_json_response_is_invalid(fake, provider) -> None:
     fake.configure("gpt-a", ignore_stream=True)
     catalog = make_catalog(fake, **{"gpt-a": {"max_retries": 0}})
     sink = RecordingSink()
@@ -401,7 +399,7 @@ async def test_chain_json_answer_to_stream_request_is_invalid_response(
     [call] = raised.value.calls
     assert call.error_class == "invalid_response"
     assert call.error_message == (
-        "the model server answered with application/json, not an event stream"
+        "the model server responded with application/json, not an event stream"
     )
 
 
