@@ -40,7 +40,7 @@ async def serve(settings: ExecutorSettings) -> None:
     topology = Topology.from_settings(settings)
     worker_id = make_worker_id("executor")
     channel = create_channel(settings.chat_service_addr, settings.grpc_tls())
-    providers = default_providers()
+    providers = default_providers(settings.executor_max_output_chars)
     handler = ExecutorHandler(
         RunClient(
             channel,

@@ -12,9 +12,12 @@ from executor_service.providers.builtin import BuiltinProvider
 from executor_service.providers.openai_compatible import OpenAICompatibleProvider
 
 
-def default_providers() -> dict[str, ChatProvider]:
+def default_providers(max_output_chars: int) -> dict[str, ChatProvider]:
     """Return one provider per ``ModelSpec.provider`` value."""
-    return {"builtin": BuiltinProvider(), "openai": OpenAICompatibleProvider()}
+    return {
+        "builtin": BuiltinProvider(),
+        "openai": OpenAICompatibleProvider(max_output_chars),
+    }
 
 
 __all__ = [

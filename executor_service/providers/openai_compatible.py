@@ -21,6 +21,7 @@ import openai
 
 from bulkhead.log import get_logger
 from bulkhead.models import ModelCatalog, ModelSpec
+from bulkhead.settings import MAX_OUTPUT_CHARS
 from executor_service.providers.base import (
     ChatMessage,
     ErrorKind,
@@ -28,6 +29,7 @@ from executor_service.providers.base import (
     StreamChunk,
     TokenUsage,
 )
+from executor_service.providers.event_size import event_size_hook, max_event_bytes
 
 logger = get_logger(__name__)
 
@@ -63,10 +65,15 @@ def unset_api_key_variables(
 
 
 class OpenAICompatibleProvider:
-    """Calls ``chat.completions.create(stream=True)`` with one client per endpoint."""
+    """Calls ``chat.completions.create(stream=True)`` with one client per endpoint.
 
-    def __init__(self) -> None:
+    ``max_output_chars`` is the executor's output limit; it bounds the size
+    of one stream event (see :func:`max_event_bytes`).
+    """
+
+    def __init__(self, max_output_chars: int = MAX_OUTPUT_CHARS) -> None:
         self._clients: dict[tuple[object, ...], openai.AsyncOpenAI] = {}
+        self._max_event_bytes = max_event_bytes(max_output_chars)
 
     async def stream(
         self, spec: ModelSpec, messages: Sequence[ChatMessage], max_tokens: int
@@ -175,6 +182,11 @@ class OpenAICompatibleProvider:
                 # openai 3.x is built on httpx2, so its Timeout class
                 # (re-exported as openai.Timeout) is httpx2.Timeout.
                 timeout=openai.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
+                http_client=openai.DefaultAsyncHttpx2Client(
+                    # Event boundaries are only visible in an uncompressed body.
+                    headers={"Accept-Encoding": "identity"},
+                    event_hooks={"response": [event_size_hook(self._max_event_bytes)]},
+                ),
             )
             self._clients[key] = client
         return client

@@ -438,6 +438,41 @@ async def test_chain_answer_within_output_limit_is_whole(fake, provider) -> None
     assert result.calls[0].error_class == ""
 
 
+async def test_chain_event_over_size_bound_is_invalid(fake) -> None:
+    # A bound of 12 bytes per character of a 1,000-character answer plus a
+    # margin: 77,536 bytes. One event of 300,000 characters passes it.
+    provider = OpenAICompatibleProvider(max_output_chars=1000)
+    fake.configure("gpt-a", reply="x" * 300_000, chunks=1)
+    catalog = make_catalog(fake, **{"gpt-a": {"max_retries": 0}})
+    sink = RecordingSink()
+    try:
+        with pytest.raises(ChainExhaustedError) as raised:
+            await run(fake, provider, catalog, make_plan("gpt-a"), sink)
+    finally:
+        await provider.aclose()
+
+    [call] = raised.value.calls
+    assert call.error_class == "invalid_response"
+    assert call.error_message == "the model server sent an event over 77536 bytes"
+    assert sink.visible_text() == ""
+
+
+async def test_chain_event_within_size_bound_is_read(fake) -> None:
+    # Every character of this answer is escaped as 12 bytes of JSON.
+    provider = OpenAICompatibleProvider(max_output_chars=1000)
+    reply = "\U0001f600" * 1000
+    fake.configure("gpt-a", reply=reply, chunks=1)
+    catalog = make_catalog(fake, **{"gpt-a": {}})
+    sink = RecordingSink()
+    try:
+        result = await run(fake, provider, catalog, make_plan("gpt-a"), sink)
+    finally:
+        await provider.aclose()
+
+    assert sink.visible_text() == reply
+    assert result.calls[0].error_class == ""
+
+
 async def test_builtin_provider_is_deterministic() -> None:
     spec = ModelSpec(provider="builtin", delta_interval_s=0)
     messages = [{"role": "user", "content": "x " * 150 + "tail"}]
