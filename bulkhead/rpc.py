@@ -36,7 +36,25 @@ REQUEST_ID_METADATA = "x-request-id"
 SERVICE_TOKEN_METADATA = "authorization"
 ERROR_DOMAIN = "bulkhead"
 
-HealthServicer = health.aio.HealthServicer
+
+class HealthServicer(health.aio.HealthServicer):
+    """The standard health service with List implemented.
+
+    grpcio-health-checking's servicer leaves List unimplemented, although the
+    service it registers, and reflection, advertise it.
+    """
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        # The library keeps every status in _server_status, which both set()
+        # and enter_graceful_shutdown() update.
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
+
 
 _MESSAGE_SIZE_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -169,7 +187,7 @@ def parse_error(error: grpc.RpcError) -> RpcErrorDetail:
 def create_server(
     service_names: Iterable[str],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, HealthServicer]:
     """Create an aio server with health checking and reflection registered.
 
     The caller adds its own servicers, binds a port and starts the server.
@@ -180,7 +198,7 @@ def create_server(
     server = grpc.aio.server(
         interceptors=list(interceptors), options=_MESSAGE_SIZE_OPTIONS
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     enable_reflection([*service_names, health_name], server)
@@ -188,7 +206,7 @@ def create_server(
 
 
 async def mark_serving(
-    health_servicer: health.aio.HealthServicer,
+    health_servicer: HealthServicer,
     service_names: Iterable[str],
     serving: bool = True,
     name: str = "",

@@ -16,6 +16,8 @@ import re
 
 import regex
 
+# An idempotency key: 1 to 255 printable ASCII characters, spaces only inside.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 REPLACEMENT_CHARACTER = "\ufffd"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _GRAPHEME = regex.compile(r"\X")

@@ -48,10 +48,17 @@ async def finish_run(
     effects: AfterCommit,
     topology: Topology,
     data: dict[str, Any],
+    *,
+    dispatch: bool = True,
     **values: Any,
 ) -> None:
     """Move a locked, active run to a terminal status with its terminal event,
-    close its assistant message, and dispatch the next run of the chat."""
+    close its assistant message, and dispatch the next run of the chat.
+
+    With ``dispatch`` False the next run is not dispatched. A caller that ends
+    every active run of the chat passes it, because each waiting run would
+    otherwise be dispatched only to be cancelled.
+    """
     now = utcnow()
     event = {"status": status, **data}
     stored = await append_events(
@@ -84,7 +91,8 @@ async def finish_run(
     effects.add_events(run.id, stored)
     if status == "cancelled":
         effects.cancelled_runs.append(run.id)
-    await dispatch_next(conn, run.chat_id, effects, topology)
+    if dispatch:
+        await dispatch_next(conn, run.chat_id, effects, topology)
 
 
 async def dispatch_next(

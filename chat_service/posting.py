@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bulkhead.messaging import Topology
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.chat.v1 import chat_service_pb2
-from bulkhead.text import find_unstorable, shorten
+from bulkhead.text import IDEMPOTENCY_KEY_PATTERN, find_unstorable, shorten
 from chat_service import idempotency, rate_limits
 from chat_service.convert import message_to_proto, run_to_proto
 from chat_service.errors import ChatBusyError, InvalidArgumentError, NotFoundError
@@ -41,8 +41,15 @@ from chat_service.store.post_rows import insert_post_rows
 from chat_service.store.queries import ACTIVE_STATUSES, parse_uuid
 from chat_service.store.tables import chats, runs
 
-MAX_KEY_LENGTH = 255
 TITLE_LENGTH = 80
+_ON_BUSY_POLICIES = frozenset(
+    {
+        chat_service_pb2.ON_BUSY_UNSPECIFIED,
+        chat_service_pb2.ON_BUSY_ENQUEUE,
+        chat_service_pb2.ON_BUSY_REJECT,
+        chat_service_pb2.ON_BUSY_INTERRUPT,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,17 @@ def validate_request(
             "content", f"contains a NUL character or lone surrogate at index {position}"
         )
     key = request.idempotency_key
-    if len(key) > MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
+    if key and not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
         raise InvalidArgumentError(
-            "idempotency_key", "must be 1 to 255 printable ASCII characters"
+            "idempotency_key",
+            "must be 1 to 255 printable ASCII characters, with no space at the "
+            "start or end",
+        )
+    if request.on_busy not in _ON_BUSY_POLICIES:
+        raise InvalidArgumentError(
+            "on_busy",
+            f"must be ON_BUSY_ENQUEUE, ON_BUSY_REJECT or ON_BUSY_INTERRUPT; "
+            f"{request.on_busy} is not one",
         )
     try:
         return catalog.resolve(request.model or None)
@@ -101,8 +116,13 @@ async def post_message(
     chat_id = parse_uuid(request.chat_id, "chat") if request.chat_id else None
     fingerprint = ""
     if request.idempotency_key:
+        # The fingerprint uses canonical forms, so a chat id in any letter
+        # case is the same request, and an unset policy equals enqueue.
         fingerprint = idempotency.fingerprint(
-            request.content, request.chat_id, request.model, request.on_busy
+            request.content,
+            str(chat_id) if chat_id else "",
+            request.model,
+            request.on_busy or chat_service_pb2.ON_BUSY_ENQUEUE,
         )
 
     async def attempt() -> tuple[chat_service_pb2.PostMessageResponse, AfterCommit]:
@@ -263,7 +283,13 @@ async def _resolve_busy(
     if on_busy == chat_service_pb2.ON_BUSY_INTERRUPT:
         for run in active:
             await finish_run(
-                conn, run, "cancelled", effects, topology, {"reason": "interrupted"}
+                conn,
+                run,
+                "cancelled",
+                effects,
+                topology,
+                {"reason": "interrupted"},
+                dispatch=False,
             )
         return False
     return True

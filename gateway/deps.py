@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 
 from bulkhead.proto.chat.v1 import chat_service_pb2_grpc
 from gateway.config import GatewaySettings
-from gateway.problems import not_found_problem
+from gateway.problems import not_found_problem, validation_problem
 
 
 async def get_settings(request: Request) -> GatewaySettings:
@@ -40,3 +40,13 @@ def resource_id(value: str, kind: str) -> str:
         return str(UUID(value))
     except ValueError:
         raise not_found_problem(f"The {kind} was not found.") from None
+
+
+def check_query_sent_once(request: Request, *names: str) -> None:
+    """Raise a 422 problem when one of ``names`` is in the query more than once.
+
+    FastAPI passes one of the values, so which one the client meant is unclear.
+    """
+    for name in names:
+        if len(request.query_params.getlist(name)) > 1:
+            raise validation_problem(name, "must be given once")

@@ -126,7 +126,7 @@ class RequestContextMiddleware:
         # Bodies are not decompressed, so a compressed one would reach the
         # JSON parser as binary.
         encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
+        if encoding not in ("", "identity") and _has_body(headers):
             detail = (
                 f"Content-Encoding {encoding[:40]} is not supported: "
                 "send the body uncompressed."

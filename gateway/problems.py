@@ -51,6 +51,10 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = Field(
         default=None, description="Invalid fields, on validation problems only."
     )
+    active_run_id: str | None = Field(
+        default=None,
+        description="The chat's active run, on chat-busy problems only.",
+    )
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ _KIND_BY_CODE: dict[grpc.StatusCode, ProblemKind] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: UNAVAILABLE,
 }
 _RETRY_AFTER_METADATA = "retry_after_s"
+_RUN_ID_METADATA = "run_id"
 
 
 class ProblemError(Exception):
@@ -119,12 +124,14 @@ class ProblemError(Exception):
         detail: str,
         errors: Sequence[FieldError] = (),
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.errors = list(errors)
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
 
 def validation_problem(field: str, message: str) -> ProblemError:
@@ -183,10 +190,15 @@ def problem_for_rpc_error(error: grpc.RpcError) -> ProblemError:
         )
     if kind is UNAVAILABLE:
         headers["Retry-After"] = "1"
+    extra: dict[str, Any] = {}
+    if kind is CHAT_BUSY and detail.metadata.get(_RUN_ID_METADATA):
+        extra["active_run_id"] = detail.metadata[_RUN_ID_METADATA]
     errors = [
         FieldError(field=v.field, message=v.description) for v in detail.violations
     ]
-    return ProblemError(kind, _client_detail(kind, detail, errors), errors, headers)
+    return ProblemError(
+        kind, _client_detail(kind, detail, errors), errors, headers, extra
+    )
 
 
 def request_id_of(request: Request) -> str | None:
@@ -196,7 +208,12 @@ def request_id_of(request: Request) -> str | None:
 async def handle_problem_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ProblemError)
     return problem_response(
-        error.kind, error.detail, request_id_of(request), error.errors, error.headers
+        error.kind,
+        error.detail,
+        request_id_of(request),
+        error.errors,
+        error.headers,
+        error.extra,
     )
 
 

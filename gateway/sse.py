@@ -32,7 +32,7 @@ from gateway.problems import validation_problem
 TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _MAX_SEQ = 2**63 - 1
-_SEQ_PATTERN = re.compile(r"\d{1,19}")
+_SEQ_PATTERN = re.compile(r"[0-9]+")
 
 logger = get_logger(__name__)
 
@@ -58,12 +58,18 @@ def parse_last_event_id(header: str | None, query: str | None) -> int:
     )
     if value is None:
         return 0
-    value = value.strip()
-    if not _SEQ_PATTERN.fullmatch(value) or int(value) > _MAX_SEQ:
+    value = value.strip(" \t")
+    digits = value.lstrip("0") or "0"
+    # The length check keeps int() from parsing an arbitrarily long number.
+    if (
+        not _SEQ_PATTERN.fullmatch(value)
+        or len(digits) > len(str(_MAX_SEQ))
+        or int(digits) > _MAX_SEQ
+    ):
         raise validation_problem(
             field, f"must be an event id: an integer from 0 to {_MAX_SEQ}"
         )
-    return int(value)
+    return int(digits)
 
 
 async def relay_run_events(

@@ -29,7 +29,6 @@ from typing import Protocol
 
 import grpc
 import nats.errors
-from grpc_health.v1 import health
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -43,7 +42,7 @@ from bulkhead.messaging import (
     ensure_consumer,
     ensure_stream,
 )
-from bulkhead.rpc import add_port, create_server, mark_serving
+from bulkhead.rpc import HealthServicer, add_port, create_server, mark_serving
 from bulkhead.settings import CommonSettings
 from bulkhead.tls import GrpcTls
 from bulkhead.worker.backoff import full_jitter_delay
@@ -274,7 +273,7 @@ class TaskWorker:
                 await self._health.stop(grace=1.0)
             logger.info("worker stopped")
 
-    async def _start_health_server(self) -> health.aio.HealthServicer | None:
+    async def _start_health_server(self) -> HealthServicer | None:
         if not self._options.health_listen:
             return None
         server, servicer = create_server([])

@@ -11,6 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from bulkhead.log import get_logger
 from bulkhead.proto.chat.v1 import chat_service_pb2, chat_service_pb2_grpc
+from bulkhead.text import IDEMPOTENCY_KEY_PATTERN
 from gateway.auth import Caller, CallerDep
 from gateway.config import GatewaySettings
 from gateway.problems import problem_responses, validation_problem
@@ -26,9 +27,7 @@ MAX_WAIT_S = 30
 # Extra time for the WaitRun call beyond the wait itself, so that a wait that
 # runs to its timeout still returns its result before the gRPC deadline.
 _WAIT_DEADLINE_MARGIN_S = 2
-# 1 to 255 printable ASCII characters; spaces only inside.
-_IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
-_WAIT_PREFERENCE_PATTERN = re.compile(r'"?(\d+)"?')
+_WAIT_PREFERENCE_PATTERN = re.compile(r'"?([0-9]+)"?')
 
 logger = get_logger(__name__)
 router = APIRouter(prefix="/api", tags=["chat"])
@@ -83,7 +82,7 @@ async def post_message(
         # FastAPI passes only the first one. With several keys, which one
         # identifies the message is unclear.
         raise validation_problem("Idempotency-Key", "must be sent once")
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY_PATTERN.fullmatch(
+    if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(
         idempotency_key
     ):
         raise validation_problem(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from bulkhead.proto.chat.v1 import chat_service_pb2
 from gateway.auth import CallerDep
-from gateway.deps import ChatStubDep, SettingsDep, resource_id
+from gateway.deps import ChatStubDep, SettingsDep, check_query_sent_once, resource_id
 from gateway.problems import problem_responses
 from gateway.routes import get_and_head
 from gateway.schemas import ChatPage, MessagePage, chat_from_proto, message_from_proto
@@ -31,6 +31,7 @@ CursorQuery = Annotated[
     router, "", response_model=ChatPage, responses=problem_responses(401, 422, 503)
 )
 async def list_chats(
+    request: Request,
     caller: CallerDep,
     stub: ChatStubDep,
     settings: SettingsDep,
@@ -38,6 +39,7 @@ async def list_chats(
     cursor: CursorQuery = None,
 ) -> ChatPage:
     """List the caller's chats, newest first."""
+    check_query_sent_once(request, "limit", "cursor")
     response = await stub.ListChats(
         chat_service_pb2.ListChatsRequest(limit=limit, cursor=cursor or ""),
         metadata=caller.metadata,
@@ -57,6 +59,7 @@ async def list_chats(
 )
 async def list_messages(
     chat_id: Annotated[str, Path(description="Chat id (UUID).")],
+    request: Request,
     caller: CallerDep,
     stub: ChatStubDep,
     settings: SettingsDep,
@@ -64,6 +67,7 @@ async def list_messages(
     cursor: CursorQuery = None,
 ) -> MessagePage:
     """List the messages of a chat in conversation order."""
+    check_query_sent_once(request, "limit", "cursor")
     response = await stub.ListMessages(
         chat_service_pb2.ListMessagesRequest(
             chat_id=resource_id(chat_id, "chat"), limit=limit, cursor=cursor or ""

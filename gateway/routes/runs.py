@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from bulkhead.proto.chat.v1 import chat_service_pb2
 from gateway.auth import CallerDep
-from gateway.deps import ChatStubDep, SettingsDep, resource_id
+from gateway.deps import ChatStubDep, SettingsDep, check_query_sent_once, resource_id
 from gateway.problems import problem_responses, validation_problem
 from gateway.routes import get_and_head
 from gateway.schemas import TERMINAL_RUN_STATUSES, Run, run_from_proto
@@ -124,8 +124,7 @@ async def stream_run_events(
     # is unclear.
     if len(request.headers.getlist("last-event-id")) > 1:
         raise validation_problem("Last-Event-ID", "must be sent once")
-    if len(request.query_params.getlist("last_event_id")) > 1:
-        raise validation_problem("last_event_id", "must be given once")
+    check_query_sent_once(request, "last_event_id")
     after_seq = parse_last_event_id(last_event_id_header, last_event_id)
 
     # The unary call turns an unknown run, or another user's, into a 404

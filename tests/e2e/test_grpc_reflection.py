@@ -44,6 +44,20 @@ def test_health_check_is_serving(stack: Stack, service: str) -> None:
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.parametrize("service", sorted(EXPECTED))
+def test_health_list_names_services(stack: Stack, service: str) -> None:
+    with grpc.insecure_channel(stack.address_of(service)) as channel:
+        response = health_pb2_grpc.HealthStub(channel).List(
+            health_pb2.HealthListRequest(), timeout=5
+        )
+
+    assert "" in response.statuses
+    assert response.statuses[""].status == health_pb2.HealthCheckResponse.SERVING
+    # Each of the service's own APIs is listed with the server's status.
+    own = EXPECTED[service] - STANDARD_SERVICES
+    assert own <= set(response.statuses)
+
+
 def test_reflection_describes_post_message(stack: Stack) -> None:
     with grpc.insecure_channel(stack.address_of("chat_service")) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)

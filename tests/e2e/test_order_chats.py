@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 
 import httpx
+from sqlalchemy import select
 
+from bulkhead.devstack import Stack
+from chat_service.store.database import Database
+from chat_service.store.tables import runs
 from tests.support.api import auth, post_chat, wait_for_run
 from tests.support.eventually import assert_eventually
 from tests.support.fake_models import FakeModelThread
@@ -87,6 +92,7 @@ async def test_order_on_busy_reject_conflicts(
 
     assert rejected.status_code == 409, rejected.text
     assert rejected.headers["content-type"].startswith("application/problem+json")
+    assert rejected.json()["active_run_id"] == first.json()["run"]["id"]
     await wait_for_run(model_client, model_key, first.json()["run"]["id"])
     accepted = await post_chat(
         model_client, model_key, "second", chat_id=chat_id, on_busy="reject"
@@ -141,3 +147,59 @@ async def test_order_on_busy_interrupt_cancels_active_run(
     assert slow_call.ended is not None
     assert solo_call.started >= slow_call.ended - 0.5
     await asyncio.sleep(0)
+
+
+async def test_order_interrupt_cancels_waiting_runs_undispatched(
+    model_stack: Stack,
+    model_client: httpx.AsyncClient,
+    model_key: str,
+    fake_model: FakeModelThread,
+) -> None:
+    fake_model.reset(
+        slow={"reply": " ".join(["word"] * 50), "chunk_delay_s": 0.2},
+        solo={"reply": "the new answer"},
+    )
+    first = await post_chat(model_client, model_key, "first", model="slow")
+    chat_id = first.json()["chat_id"]
+    waiting = [
+        await post_chat(
+            model_client, model_key, f"waiting {n}", model="solo", chat_id=chat_id
+        )
+        for n in range(3)
+    ]
+    assert [w.status_code for w in waiting] == [202, 202, 202]
+
+    interrupt = await post_chat(
+        model_client,
+        model_key,
+        "now",
+        model="solo",
+        chat_id=chat_id,
+        on_busy="interrupt",
+    )
+
+    assert interrupt.status_code == 202, interrupt.text
+    final = await wait_for_run(model_client, model_key, interrupt.json()["run"]["id"])
+    assert final["status"] == "completed"
+    for posted in waiting:
+        run = await wait_for_run(model_client, model_key, posted.json()["run"]["id"])
+        assert run["status"] == "cancelled"
+    # A waiting run is cancelled without being dispatched first, so no task
+    # is published for it and the model is never called for it.
+    db = Database(model_stack.config.database_url, pool_size=1)
+    try:
+        async with db.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(runs.c.id, runs.c.dispatched).where(
+                        runs.c.id.in_(
+                            [uuid.UUID(w.json()["run"]["id"]) for w in waiting]
+                        )
+                    )
+                )
+            ).all()
+    finally:
+        await db.dispose()
+    assert len(rows) == 3
+    assert [row.dispatched for row in rows] == [False, False, False]
+    assert len(fake_model.calls("solo")) == 1

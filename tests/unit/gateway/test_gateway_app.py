@@ -172,6 +172,13 @@ async def test_app_body_not_json_415(
     assert problem["type"] == "urn:bulkhead:problem:unsupported-media-type"
 
 
+async def test_app_encoding_without_body_ignored(client: httpx.AsyncClient) -> None:
+    # A bodiless request has nothing compressed to reject.
+    response = await client.get("/healthz", headers={"Content-Encoding": "br"})
+
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("charset", "named"),
     [("latin-1", "latin-1"), ('"ISO-8859-1"', "iso-8859-1"), ("utf-16", "utf-16")],
@@ -340,6 +347,26 @@ async def test_app_invalid_last_event_id_422(
     field: str,
 ) -> None:
     response = await signed_in.get(f"/api/runs/{RUN_ID}/events{query}", headers=headers)
+
+    problem = assert_problem(response, 422)
+    errors = problem["errors"]
+    assert isinstance(errors, list)
+    assert errors[0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/api/chats", "?limit=5&limit=50", "limit"),
+        ("/api/chats", "?cursor=a&cursor=b", "cursor"),
+        (f"/api/chats/{RUN_ID}/messages", "?limit=5&limit=5", "limit"),
+        (f"/api/chats/{RUN_ID}/messages", "?cursor=a&cursor=b", "cursor"),
+    ],
+)
+async def test_app_page_parameter_twice_422(
+    signed_in: httpx.AsyncClient, path: str, query: str, field: str
+) -> None:
+    response = await signed_in.get(path + query)
 
     problem = assert_problem(response, 422)
     errors = problem["errors"]

@@ -60,6 +60,8 @@ def test_wait_preference_parsing(values: list[str], seconds: int | None) -> None
         (None, "7", 7),
         ("5", "7", 5),
         ("9223372036854775807", None, 2**63 - 1),
+        ("0003", None, 3),
+        ("0" * 30 + "42", None, 42),
     ],
 )
 def test_last_event_id_accepted(
@@ -80,6 +82,9 @@ def test_last_event_id_accepted(
         (None, "1.5"),
         (None, ""),
         ("abc", "7"),
+        (None, "\u0663"),
+        (None, "\uff14"),
+        (None, "\u30007"),
     ],
 )
 def test_last_event_id_rejected(header: str | None, query: str | None) -> None:

@@ -63,6 +63,20 @@ def test_rpc_error_status_by_reason(
     assert problem.kind.status == status
 
 
+def test_chat_busy_names_active_run() -> None:
+    error = rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The chat has an active run.",
+        Reason.CHAT_BUSY,
+        {"run_id": "0190a1b2-0000-7000-8000-000000000001"},
+    )
+
+    problem = problem_for_rpc_error(error)
+
+    assert problem.kind.status == 409
+    assert problem.extra == {"active_run_id": "0190a1b2-0000-7000-8000-000000000001"}
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [
