@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -77,6 +78,18 @@ class UnpublishedRowsError(Exception):
         super().__init__(f"{failed} outbox rows not published, {sent} published")
 
 
+class PublishFailedError(Exception):
+    """No row of a batch was published.
+
+    The NATS error is wrapped because a NATS timeout is an OSError, which the
+    database transaction around the publish would report as a database outage.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"publish to JetStream failed: {_describe(error)}")
+        self.stream_missing = isinstance(error, NoStreamResponseError)
+
+
 class OutboxRelay:
     """Publishes outbox rows to JetStream; one per chat_service process.
 
@@ -96,11 +109,19 @@ class OutboxRelay:
         self._poll_s = poll_s
         self._wake = asyncio.Event()
         self._js: JetStreamContext | None = None
+        self._create_stream: Callable[[], Awaitable[None]] | None = None
         self._failures = 0
         self.published = 0
 
-    def attach(self, js: JetStreamContext | None) -> None:
+    def attach(
+        self,
+        js: JetStreamContext | None,
+        create_stream: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Publish through ``js``; ``create_stream`` creates the task stream
+        again when JetStream reports it missing."""
         self._js = js
+        self._create_stream = create_stream
         if js is not None:
             self.wake()
 
@@ -131,9 +152,11 @@ class OutboxRelay:
                 if self._failures == 1 or self._failures % 30 == 0:
                     logger.warning(
                         "outbox relay failed, will retry",
-                        error=str(error) or type(error).__name__,
+                        error=_describe(error),
                         failures=self._failures,
                     )
+                if getattr(error, "stream_missing", False):
+                    await self._recreate_stream()
                 return
             if self._failures:
                 logger.info("outbox relay recovered", failures=self._failures)
@@ -141,6 +164,19 @@ class OutboxRelay:
             self.published += sent
             if sent < self._batch_size:
                 return
+
+    async def _recreate_stream(self) -> None:
+        """Create the task stream again, for example after NATS lost its store.
+
+        Tasks published before the loss come back through the sweeper.
+        """
+        if self._create_stream is None:
+            return
+        logger.warning("jetstream task stream missing, creating it again")
+        try:
+            await self._create_stream()
+        except Exception as error:  # noqa: BLE001 - the next failed batch tries again
+            logger.warning("creating the task stream failed", error=_describe(error))
 
     def _backoff_s(self) -> float:
         if not self._failures:
@@ -185,7 +221,7 @@ class OutboxRelay:
         sent = [r for r in results if isinstance(r, int)]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors and not sent:
-            raise errors[0]
+            raise PublishFailedError(errors[0]) from errors[0]
         if errors:
             logger.warning(
                 "some outbox rows were not published",
@@ -193,3 +229,7 @@ class OutboxRelay:
                 sent=len(sent),
             )
         return sent
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__

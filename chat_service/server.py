@@ -120,7 +120,7 @@ async def _keep_nats(ctx: ServiceContext) -> None:
         await nc.publish(subject, payload)
 
     ctx.hub.set_publisher(publish)
-    ctx.relay.attach(js)
+    ctx.relay.attach(js, lambda: ensure_stream(js, ctx.topology))
     logger.info("nats connected", url=ctx.settings.nats_url, stream=ctx.topology.stream)
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from bulkhead.devstack.config import DEFAULT_PORTS, LISTEN_ENV, SERVICES, StackConfig
@@ -264,7 +265,7 @@ def run_up_background(paths: _Paths, replicas: dict[str, int]) -> int:
     command = [sys.executable, "-m", "bulkhead.devstack", "up", "--no-echo"]
     command += [f"--replicas={service}={n}" for service, n in replicas.items()]
 
-    with paths.runner_log.open("wb") as log:
+    with _open_private(paths.runner_log) as log:
         runner = subprocess.Popen(
             command,
             cwd=paths.workdir,
@@ -291,6 +292,16 @@ def run_up_background(paths: _Paths, replicas: dict[str, int]) -> int:
     print(f"devstack: the stack was not up within {BACKGROUND_START_TIMEOUT_S:g} s")
     runner.send_signal(signal.SIGTERM)
     return 1
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """Open ``path`` for writing, readable by its owner only.
+
+    The runner's log contains the demo API key, like the key file.
+    """
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    return path.open("wb")
 
 
 def run_down(paths: _Paths) -> int:

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import grpc
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -262,7 +263,7 @@ class TaskWorker:
                     concurrency=self._options.concurrency,
                     max_deliver=self._max_deliver,
                 )
-                await self._fetch_loop(subscription)
+                await self._fetch_loop(nc, subscription)
                 if health is not None:
                     await mark_serving(health, [], serving=False)
                 await self._drain()
@@ -330,9 +331,11 @@ class TaskWorker:
         await js.add_consumer(self._topology.stream, config)
 
     async def _fetch_loop(
-        self, subscription: JetStreamContext.PullSubscription
+        self, nc: Client, subscription: JetStreamContext.PullSubscription
     ) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
+        next_check = loop.time() + self._topology.ack_wait_s
         while not self._stop.is_set():
             free = self._options.concurrency - len(self._in_flight)
             if free <= 0:
@@ -344,8 +347,13 @@ class TaskWorker:
                     batch=free, timeout=self._options.fetch_timeout_s
                 )
             except (nats.errors.TimeoutError, TimeoutError):
-                # An idle fetch: nats-py raises either timeout class here.
+                # An idle fetch: nats-py raises either timeout class here. A
+                # fetch from a deleted consumer times out the same way, so
+                # the consumer is checked once per ack wait while idle.
                 failures = 0
+                if loop.time() >= next_check:
+                    next_check = loop.time() + self._topology.ack_wait_s
+                    subscription = await self._check_consumer(nc, subscription)
                 continue
             except (OSError, nats.errors.Error) as error:
                 # Typically a disconnect: nats-py reconnects by itself.
@@ -362,6 +370,42 @@ class TaskWorker:
             failures = 0
             for msg in messages:
                 self._start_task(msg)
+
+    async def _check_consumer(
+        self, nc: Client, subscription: JetStreamContext.PullSubscription
+    ) -> JetStreamContext.PullSubscription:
+        """Return the subscription, bound anew if its consumer was deleted.
+
+        A consumer disappears with its stream, for example when NATS restarts
+        with a lost store; its tasks then come back through the sweeper.
+        """
+        try:
+            await nc.jetstream().consumer_info(
+                self._topology.stream, self._options.durable, timeout=5.0
+            )
+            return subscription
+        except nats.js.errors.NotFoundError as error:
+            logger.warning(
+                "jetstream consumer or stream missing, creating it again",
+                stream=self._topology.stream,
+                durable=self._options.durable,
+                error=str(error) or type(error).__name__,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as error:
+            # Not known to be missing: keep fetching, and check again later.
+            logger.warning(
+                "jetstream consumer check failed",
+                durable=self._options.durable,
+                error=str(error) or type(error).__name__,
+            )
+            return subscription
+        with contextlib.suppress(OSError, nats.errors.Error):
+            await subscription.unsubscribe()
+        bound = await self._subscribe(nc)
+        if bound is None:
+            return subscription
+        logger.info("jetstream consumer bound again", durable=self._options.durable)
+        return bound
 
     def _start_task(self, msg: Msg) -> None:
         try:

@@ -34,6 +34,12 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# SQLSTATEs of a PostgreSQL server that is unreachable, shutting down or
+# starting up (57P03, "the database system is starting up"), or out of
+# connections. SQLAlchemy reports some of them as a plain DBAPIError.
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08"})
+_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
 # PostgreSQL aborts one transaction of a deadlock (40P01) or of a
 # serialization conflict (40001); running it again is the documented remedy.
 _CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
@@ -43,11 +49,15 @@ T = TypeVar("T")
 logger = get_logger(__name__)
 
 
+def _sqlstate(error: sa_exc.DBAPIError) -> str | None:
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
 def is_conflict(error: BaseException) -> bool:
     if not isinstance(error, sa_exc.DBAPIError):
         return False
-    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-    return code in _CONFLICT_SQLSTATES
+    return _sqlstate(error) in _CONFLICT_SQLSTATES
 
 
 async def retry_on_conflict(operation: Callable[[], Awaitable[T]]) -> T:
@@ -79,8 +89,12 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def is_outage(error: BaseException) -> bool:
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        code = _sqlstate(error) or ""
+        if code in _OUTAGE_SQLSTATES or code[:2] in _OUTAGE_SQLSTATE_CLASSES:
+            return True
     return isinstance(error, _OUTAGE_ERRORS)
 
 

@@ -51,6 +51,9 @@ def create_engine(
         # whole pool, so one request sees a database restart, not every one.
         pool_pre_ping=False,
         pool_recycle=1800,
+        # Error messages, which reach the logs, leave out the bound values:
+        # message text and key hashes.
+        hide_parameters=True,
         connect_args=connect_args,
     )
 
@@ -86,6 +89,7 @@ def _create_sqlite_engine(url: str) -> AsyncEngine:
         pool_size=1,
         max_overflow=0,
         pool_timeout=30,
+        hide_parameters=True,
         connect_args={
             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
             "factory": RollbackOnClose,

@@ -23,6 +23,9 @@ router = APIRouter(tags=["health"])
 
 # chat_service's health entry for its NATS connection (chat_service.server).
 NATS_HEALTH_NAME = "bulkhead.nats"
+# The last result of each health entry, so that a probe every second logs a
+# change once rather than on every probe.
+_last_results: dict[str, str] = {}
 
 
 class HealthResponse(BaseModel):
@@ -87,12 +90,19 @@ async def _check_health(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
         )
     except grpc.aio.AioRpcError as error:
-        logger.warning(
-            "readiness check failed", service=service, grpc_code=error.code().name
-        )
-        return error.code().name.lower()
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        logger.warning("readiness check failed", service=service, health_status=status)
-        return status.lower()
-    return "ok"
+        result = error.code().name.lower()
+    else:
+        if response.status == health_pb2.HealthCheckResponse.SERVING:
+            result = "ok"
+        else:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            result = status.lower()
+    previous = _last_results.get(service, "ok")
+    _last_results[service] = result
+    if result != previous:
+        entry = service or "chat_service"
+        if result == "ok":
+            logger.info("readiness check recovered", service=entry, was=previous)
+        else:
+            logger.warning("readiness check failed", service=entry, result=result)
+    return result

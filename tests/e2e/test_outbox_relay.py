@@ -1,6 +1,7 @@
 """The outbox relay against PostgreSQL and a real JetStream stream: a batch
-with a row that cannot be published stays in the table as a whole, and
-publishing it again adds no duplicate to the stream."""
+with a row that cannot be published stays in the table as a whole,
+publishing it again adds no duplicate to the stream, and a deleted stream
+is created again."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import delete, func, select
 
 from bulkhead.messaging import Subjects, Topology, ensure_stream
 from chat_service.migrate import upgrade
-from chat_service.outbox import OutboxRelay, enqueue_task
+from chat_service.outbox import OutboxRelay, PublishFailedError, enqueue_task
 from chat_service.store.database import Database
 from chat_service.store.tables import outbox
 
@@ -89,3 +90,46 @@ async def test_relay_batch_kept_until_all_published(
     assert await _outbox_rows(database) == 0
     # Published again under the same Nats-Msg-Id: JetStream dropped the repeats.
     assert (await js.stream_info(topology.stream)).state.messages == GOOD_ROWS
+
+
+async def test_relay_creates_missing_stream_again(
+    database: Database, stream: tuple[JetStreamContext, Topology]
+) -> None:
+    js, topology = stream
+    await js.delete_stream(topology.stream)
+    async with database.transaction() as conn:
+        await enqueue_task(conn, topology, uuid.uuid4(), "agent")
+    relay = OutboxRelay(database, batch_size=50, poll_s=0.05)
+    relay.attach(js, lambda: ensure_stream(js, topology))
+
+    # The first batch finds no stream, and the relay creates it again.
+    await relay._drain()
+
+    assert relay.published == 0
+    assert await _outbox_rows(database) == 1
+    assert (await js.stream_info(topology.stream)).state.messages == 0
+
+    await relay._drain()
+
+    assert relay.published == 1
+    assert await _outbox_rows(database) == 0
+    assert (await js.stream_info(topology.stream)).state.messages == 1
+
+
+async def test_relay_publish_failure_not_database_outage(
+    database: Database, stream: tuple[JetStreamContext, Topology]
+) -> None:
+    js, topology = stream
+    await js.delete_stream(topology.stream)
+    async with database.transaction() as conn:
+        await enqueue_task(conn, topology, uuid.uuid4(), "agent")
+    relay = OutboxRelay(database, batch_size=50, poll_s=0.05)
+    relay.attach(js)
+
+    with pytest.raises(PublishFailedError) as raised:
+        await relay._relay_batch()
+
+    assert raised.value.stream_missing
+    assert "publish to JetStream failed" in str(raised.value)
+    assert await _outbox_rows(database) == 1
+    await ensure_stream(js, topology)

@@ -279,6 +279,36 @@ async def test_recovery_nats_outage_accepts_messages(
     await assert_eventually(ready, timeout=10.0)
 
 
+async def test_recovery_deleted_stream_is_created_again(
+    recovery_stack: Stack,
+    recovery_client: httpx.AsyncClient,
+    recovery_key: str,
+    fake_model: FakeModelThread,
+) -> None:
+    # As when NATS restarts with its store lost: the stream and both
+    # consumers are gone, while every service stays connected.
+    fake_model.reset(solo={"reply": "after the loss"})
+    nc = await nats.connect(recovery_stack.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.delete_stream(recovery_stack.config.nats_stream)
+
+        run_id = await _post(recovery_client, recovery_key, "lost stream", "solo")
+        run = await wait_for_run(recovery_client, recovery_key, run_id, timeout=45.0)
+
+        assert run["status"] == "completed", run
+        assert run["assistant_message"]["content"] == "after the loss"
+        info = await js.stream_info(recovery_stack.config.nats_stream)
+        assert info.config.subjects
+        for durable in ("agent", "executor"):
+            consumer = await js.consumer_info(
+                recovery_stack.config.nats_stream, durable
+            )
+            assert consumer.name == durable
+    finally:
+        await nc.close()
+
+
 async def _take_executor_tasks(stack: Stack, count: int) -> list[str]:
     """Pull ``count`` executor tasks and acknowledge them: tasks lost in NATS."""
     nc = await nats.connect(stack.nats_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bulkhead.devstack.cli import _demo_api_key, _Paths
+from bulkhead.devstack.cli import _demo_api_key, _open_private, _Paths
 from bulkhead.devstack.console import LogFollower
 from bulkhead.devstack.process import ManagedProcess
 
@@ -62,3 +62,15 @@ def test_demo_key_is_reused_for_its_database_only(tmp_path: Path) -> None:
     assert postgres.created == [second]
     assert paths.demo_key_file.read_text().strip() == second
     assert oct(paths.demo_key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_runner_log_is_private(tmp_path: Path) -> None:
+    log_path = tmp_path / "devstack.log"
+    log_path.write_text("an earlier run\n")
+    log_path.chmod(0o644)
+
+    with _open_private(log_path) as log:
+        log.write(b"API key bk_demo\n")
+
+    assert oct(log_path.stat().st_mode & 0o777) == "0o600"
+    assert log_path.read_text() == "API key bk_demo\n"
