@@ -209,7 +209,7 @@ async def _call_with_retries(
                 route, spec, provider, messages, max_tokens, sink, state
             )
         except ProviderError as error:
-            state.last_error = error
+            state.last_error = error.detached()
         error = state.last_error
         if not error.retryable or retries >= spec.max_retries:
             return None

@@ -125,8 +125,13 @@ class RequestContextMiddleware:
             )
         # Bodies are not decompressed, so a compressed one would reach the
         # JSON parser as binary.
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("", "identity") and _has_body(headers):
+        codings = [
+            coding.strip().lower()
+            for value in headers.getlist("content-encoding")
+            for coding in value.split(",")
+        ]
+        encoding = next((c for c in codings if c not in ("", "identity")), None)
+        if encoding is not None and _has_body(headers):
             detail = (
                 f"Content-Encoding {encoding[:40]} is not supported: "
                 "send the body uncompressed."

@@ -355,6 +355,21 @@ class TaskWorker:
                     next_check = loop.time() + self._topology.ack_wait_s
                     subscription = await self._check_consumer(nc, subscription)
                 continue
+            except nats.js.errors.APIError as error:
+                # nats-server 2.15 rejects a fetch from a deleted consumer
+                # with 503, where 2.9 leaves it unanswered.
+                failures += 1
+                logger.warning(
+                    "fetch rejected by jetstream",
+                    failures=failures,
+                    error=str(error) or type(error).__name__,
+                )
+                if loop.time() >= next_check or failures == 1:
+                    next_check = loop.time() + self._topology.ack_wait_s
+                    subscription = await self._check_consumer(nc, subscription)
+                delay = full_jitter_delay(failures, CONNECT_BASE_S, CONNECT_MAX_S)
+                await _wait_or_stop(self._stop, delay)
+                continue
             except (OSError, nats.errors.Error) as error:
                 # Typically a disconnect: nats-py reconnects by itself.
                 failures += 1

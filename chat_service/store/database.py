@@ -35,10 +35,11 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 # SQLSTATEs of a PostgreSQL server that is unreachable, shutting down or
-# starting up (57P03, "the database system is starting up"), or out of
-# connections. SQLAlchemy reports some of them as a plain DBAPIError.
+# starting up (57P03, "the database system is starting up"), out of
+# connections (53300), or a standby that rejects writes (25006) during a
+# failover. SQLAlchemy reports some of them as a plain DBAPIError.
 _OUTAGE_SQLSTATE_CLASSES = frozenset({"08"})
-_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_OUTAGE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "25006"})
 
 # PostgreSQL aborts one transaction of a deadlock (40P01) or of a
 # serialization conflict (40001); running it again is the documented remedy.

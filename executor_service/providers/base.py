@@ -65,6 +65,20 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
 
+    def detached(self) -> ProviderError:
+        """Return a copy without traceback or cause.
+
+        A stored error keeps the frames of its traceback alive, and with them
+        what the failed call had read, such as an oversized event.
+        """
+        return ProviderError(
+            self.message,
+            error_class=self.error_class,
+            kind=self.kind,
+            retryable=self.retryable,
+            retry_after_s=self.retry_after_s,
+        )
+
 
 class ChatProvider(Protocol):
     """A way to call one family of models with streaming."""

@@ -21,9 +21,15 @@ logger = get_logger(__name__)
 # two \uXXXX escapes. The rest of a chunk event is far below the margin.
 _BYTES_PER_CHAR = 12
 _EVENT_MARGIN_BYTES = 64 * 1024
-# An event ends with a blank line, whichever line ending the server uses.
-_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
-_TAIL_BYTES = 3
+# An event ends with an empty line. A line ends with CRLF, LF or CR, so two
+# line ends in a row always contain one of these pairs.
+_BOUNDARIES = (b"\n\n", b"\n\r", b"\r\r")
+_TAIL_BYTES = 1
+# An error response is read whole by the SDK, and it has no events.
+MAX_ERROR_BODY_BYTES = 1024 * 1024
+# Content codings that httpx decodes. It passes a body with any other coding
+# on as it came, so that body is checked like an uncompressed one.
+_DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 
 
 def max_event_bytes(max_output_chars: int) -> int:
@@ -39,27 +45,43 @@ def event_size_hook(limit: int) -> Callable[[httpx2.Response], Awaitable[None]]:
     """Return an httpx response hook that limits the event size of a response."""
 
     async def hook(response: httpx2.Response) -> None:
-        encoding = response.headers.get("content-encoding", "identity").lower()
-        if encoding != "identity":
+        encoding = response.headers.get("content-encoding", "").lower()
+        codings = {coding.strip() for coding in encoding.split(",")}
+        if codings & _DECODED_CODINGS:
             # Compressed bytes hold no visible event boundary. The client asks
             # for identity, so only a server that ignores that lands here.
             logger.warning(
-                "model server sent a compressed stream; its event size is not checked",
+                "model server sent a compressed response; its size is not checked",
                 content_encoding=encoding[:40],
             )
             return
-        if isinstance(response.stream, httpx2.AsyncByteStream):
+        if not isinstance(response.stream, httpx2.AsyncByteStream):
+            return
+        if response.status_code >= 300:
+            response.stream = EventSizeLimit(
+                response.stream, MAX_ERROR_BODY_BYTES, boundaries=()
+            )
+        else:
             response.stream = EventSizeLimit(response.stream, limit)
 
     return hook
 
 
 class EventSizeLimit(httpx2.AsyncByteStream):
-    """A response body that fails once one event passes ``limit`` bytes."""
+    """A response body that fails once one event passes ``limit`` bytes.
 
-    def __init__(self, stream: httpx2.AsyncByteStream, limit: int) -> None:
+    With no ``boundaries`` the whole body is one event.
+    """
+
+    def __init__(
+        self,
+        stream: httpx2.AsyncByteStream,
+        limit: int,
+        boundaries: tuple[bytes, ...] = _BOUNDARIES,
+    ) -> None:
         self._stream = stream
         self._limit = limit
+        self._boundaries = boundaries
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         pending = 0
@@ -68,18 +90,20 @@ class EventSizeLimit(httpx2.AsyncByteStream):
             # The previous chunk's tail finds a boundary split across two chunks.
             window = tail + chunk
             end = -1
-            for boundary in _BOUNDARIES:
+            for boundary in self._boundaries:
                 found = window.rfind(boundary)
                 if found >= 0:
                     end = max(end, found + len(boundary))
             pending = pending + len(chunk) if end < 0 else len(window) - end
             if pending > self._limit:
+                part = "an event" if self._boundaries else "a response body"
                 logger.warning(
-                    "model stream event exceeds the size limit; call failed",
+                    "model server response exceeds the size limit; call failed",
+                    part=part,
                     limit_bytes=self._limit,
                 )
                 raise ProviderError(
-                    f"the model server sent an event over {self._limit} bytes",
+                    f"the model server sent {part} over {self._limit} bytes",
                     error_class="invalid_response",
                     kind=ErrorKind.UNAVAILABLE,
                     retryable=True,

@@ -24,6 +24,9 @@ def dbapi_error(orig: Exception) -> sa_exc.DBAPIError:
         asyncpg.exceptions.CrashShutdownError("terminating connection"),
         asyncpg.exceptions.TooManyConnectionsError("too many clients"),
         asyncpg.exceptions.ConnectionFailureError("connection failure"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError(
+            "cannot execute INSERT in a read-only transaction"
+        ),
     ],
 )
 def test_server_unavailable_states_are_outage(orig: Exception) -> None:

