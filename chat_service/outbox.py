@@ -155,7 +155,7 @@ class OutboxRelay:
                         error=_describe(error),
                         failures=self._failures,
                     )
-                if getattr(error, "stream_missing", False):
+                if isinstance(error, PublishFailedError) and error.stream_missing:
                     await self._recreate_stream()
                 return
             if self._failures:

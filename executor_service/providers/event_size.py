@@ -42,7 +42,8 @@ def max_event_bytes(max_output_chars: int) -> int:
 
 
 def event_size_hook(limit: int) -> Callable[[httpx2.Response], Awaitable[None]]:
-    """Return an httpx response hook that limits the event size of a response."""
+    """Return an httpx response hook that limits each event of a response to
+    ``limit`` bytes, and an error response to MAX_ERROR_BODY_BYTES."""
 
     async def hook(response: httpx2.Response) -> None:
         encoding = response.headers.get("content-encoding", "").lower()

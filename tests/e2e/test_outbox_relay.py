@@ -92,14 +92,21 @@ async def test_relay_batch_kept_until_all_published(
     assert (await js.stream_info(topology.stream)).state.messages == GOOD_ROWS
 
 
+async def _one_row_without_stream(
+    database: Database, js: JetStreamContext, topology: Topology
+) -> OutboxRelay:
+    """Delete the stream, store one outbox row, and return a relay for it."""
+    await js.delete_stream(topology.stream)
+    async with database.transaction() as conn:
+        await enqueue_task(conn, topology, uuid.uuid4(), "agent")
+    return OutboxRelay(database, batch_size=50, poll_s=0.05)
+
+
 async def test_relay_creates_missing_stream_again(
     database: Database, stream: tuple[JetStreamContext, Topology]
 ) -> None:
     js, topology = stream
-    await js.delete_stream(topology.stream)
-    async with database.transaction() as conn:
-        await enqueue_task(conn, topology, uuid.uuid4(), "agent")
-    relay = OutboxRelay(database, batch_size=50, poll_s=0.05)
+    relay = await _one_row_without_stream(database, js, topology)
     relay.attach(js, lambda: ensure_stream(js, topology))
 
     # The first batch finds no stream, and the relay creates it again.
@@ -120,10 +127,7 @@ async def test_relay_publish_failure_not_database_outage(
     database: Database, stream: tuple[JetStreamContext, Topology]
 ) -> None:
     js, topology = stream
-    await js.delete_stream(topology.stream)
-    async with database.transaction() as conn:
-        await enqueue_task(conn, topology, uuid.uuid4(), "agent")
-    relay = OutboxRelay(database, batch_size=50, poll_s=0.05)
+    relay = await _one_row_without_stream(database, js, topology)
     relay.attach(js)
 
     with pytest.raises(PublishFailedError) as raised:

@@ -439,8 +439,8 @@ async def test_chain_answer_within_output_limit_is_whole(fake, provider) -> None
 
 
 async def test_chain_event_over_size_bound_is_invalid(fake) -> None:
-    # A bound of 12 bytes per character of a 1,000-character answer plus a
-    # margin: 77,536 bytes. One event of 300,000 characters passes it.
+    # The limit is 12 bytes per character of a 1,000-character output plus a
+    # margin: 77,536 bytes. One event of 300,000 characters exceeds it.
     provider = OpenAICompatibleProvider(max_output_chars=1000)
     fake.configure("gpt-a", reply="x" * 300_000, chunks=1)
     catalog = make_catalog(fake, **{"gpt-a": {"max_retries": 0}})
@@ -458,7 +458,7 @@ async def test_chain_event_over_size_bound_is_invalid(fake) -> None:
 
 
 async def test_chain_event_within_size_bound_is_read(fake) -> None:
-    # Every character of this answer is escaped as 12 bytes of JSON.
+    # Every character of this reply is escaped as 12 bytes of JSON.
     provider = OpenAICompatibleProvider(max_output_chars=1000)
     reply = "\U0001f600" * 1000
     fake.configure("gpt-a", reply=reply, chunks=1)
