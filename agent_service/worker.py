@@ -9,7 +9,12 @@ from bulkhead.models import ModelCatalog
 from bulkhead.proto.agent.v1 import agent_pb2
 from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
 from bulkhead.worker import Outcome, RunClient, RunLostError, Task, keep_lease
-from bulkhead.worker.runs import claim_task, fail_exhausted_run
+from bulkhead.worker.runs import (
+    RunsInHand,
+    claim_run,
+    decode_task,
+    fail_exhausted_run,
+)
 
 logger = get_logger(__name__)
 
@@ -30,15 +35,19 @@ class AgentHandler:
         self._catalog = catalog
         self._settings = settings
         self._worker_id = worker_id
+        self._in_hand = RunsInHand()
 
     async def handle(self, task: Task) -> Outcome:
-        claim = await claim_task(
-            self._runs,
-            task,
-            agent_pb2.AgentTask.FromString,
-            run_pb.STAGE_AGENT,
-            self._worker_id,
-        )
+        message = decode_task(task, agent_pb2.AgentTask.FromString)
+        if isinstance(message, Outcome):
+            return message
+        with self._in_hand.hold(task.run_id) as held:
+            if not held:
+                return Outcome.ack("run already in hand")
+            return await self._handle_claimed(task)
+
+    async def _handle_claimed(self, task: Task) -> Outcome:
+        claim = await claim_run(self._runs, task, run_pb.STAGE_AGENT, self._worker_id)
         if isinstance(claim, Outcome):
             return claim
         run_id = task.run_id

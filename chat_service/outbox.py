@@ -46,15 +46,20 @@ _TAKE_OLDEST = (
 )
 
 
-def outbox_row(topology: Topology, run_id: UUID, stage: str) -> dict[str, Any]:
+def outbox_row(
+    topology: Topology, run_id: UUID, stage: str, model: str = ""
+) -> dict[str, Any]:
     """Column values of the outbox row that schedules ``stage`` ("agent" or
-    "executor") for a run."""
+    "executor") for a run. ``model`` names the first route of an executor
+    task's plan."""
     if stage == "agent":
         subject = topology.subjects.agent_tasks
         payload = agent_pb2.AgentTask(run_id=str(run_id)).SerializeToString()
     else:
         subject = topology.subjects.executor_tasks
-        payload = executor_pb2.ExecutorTask(run_id=str(run_id)).SerializeToString()
+        payload = executor_pb2.ExecutorTask(
+            run_id=str(run_id), model=model
+        ).SerializeToString()
     return {
         "subject": subject,
         "payload": payload,
@@ -64,11 +69,15 @@ def outbox_row(topology: Topology, run_id: UUID, stage: str) -> dict[str, Any]:
 
 
 async def enqueue_task(
-    conn: AsyncConnection, topology: Topology, run_id: UUID, stage: str
+    conn: AsyncConnection,
+    topology: Topology,
+    run_id: UUID,
+    stage: str,
+    model: str = "",
 ) -> None:
     """Insert the outbox row that schedules ``stage`` ("agent" or "executor"),
     as a deferred write."""
-    await defer_insert(conn, outbox, [outbox_row(topology, run_id, stage)])
+    await defer_insert(conn, outbox, [outbox_row(topology, run_id, stage, model)])
 
 
 class UnpublishedRowsError(Exception):

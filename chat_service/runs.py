@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from google.protobuf.message import DecodeError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -173,7 +174,9 @@ async def submit_plan(
             "updated_at": now,
         },
     )
-    await enqueue_task(conn, topology, run.id, "executor")
+    await enqueue_task(
+        conn, topology, run.id, "executor", model=request.plan.model_chain[0]
+    )
     effects = AfterCommit(outbox_rows=1)
     return Outcome(run_service_pb2.SubmitPlanResponse(), effects)
 
@@ -354,6 +357,17 @@ async def release(
         {"lease_expires_at": None, "worker_id": None, "updated_at": utcnow()},
     )
     return Outcome(run_service_pb2.ReleaseRunResponse())
+
+
+def first_model(plan: bytes | None) -> str:
+    """Return the first route of a stored plan, or "" when there is none."""
+    if not plan:
+        return ""
+    try:
+        chain = run_service_pb2.Plan.FromString(plan).model_chain
+    except DecodeError:
+        return ""
+    return chain[0] if chain else ""
 
 
 def _run_id(value: str) -> UUID:

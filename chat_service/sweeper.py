@@ -28,7 +28,7 @@ from chat_service import idempotency
 from chat_service.events import AfterCommit, OnCommit
 from chat_service.lifecycle import finish_run
 from chat_service.outbox import enqueue_task
-from chat_service.runs import RunPolicy
+from chat_service.runs import RunPolicy, first_model
 from chat_service.store.database import Database, utcnow
 from chat_service.store.queries import ACTIVE_STATUSES
 from chat_service.store.tables import runs
@@ -171,5 +171,6 @@ class Sweeper:
                 lease_expires_at=None, worker_id=None, dispatched_at=now, updated_at=now
             )
         )
-        await enqueue_task(conn, self._topology, run.id, run.stage)  # type: ignore[attr-defined]
+        model = first_model(run.plan) if run.stage == "executor" else ""  # type: ignore[attr-defined]
+        await enqueue_task(conn, self._topology, run.id, run.stage, model)  # type: ignore[attr-defined]
         effects.outbox_rows += 1

@@ -23,6 +23,13 @@ class ExecutorSettings(CommonSettings):
     executor_concurrency: int = Field(
         default=32, ge=1, description="Maximum number of runs executed at once."
     )
+    executor_route_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Maximum number of runs executed at once whose plan starts "
+        "with the same model route. 0: all but a quarter of "
+        "BULKHEAD_EXECUTOR_CONCURRENCY, rounded down.",
+    )
     executor_shutdown_grace_s: float = Field(
         default=20.0,
         ge=0,

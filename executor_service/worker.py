@@ -13,16 +13,33 @@ from bulkhead.log import get_logger
 from bulkhead.models import ModelCatalog
 from bulkhead.proto.chat.v1 import run_service_pb2 as run_pb
 from bulkhead.proto.executor.v1 import executor_pb2
-from bulkhead.worker import Outcome, RunClient, RunLostError, Task, keep_lease
-from bulkhead.worker.runs import claim_task, fail_exhausted_run
+from bulkhead.worker import (
+    Outcome,
+    RunClient,
+    RunLostError,
+    Task,
+    full_jitter_delay,
+    keep_lease,
+)
+from bulkhead.worker.runs import (
+    RunsInHand,
+    claim_run,
+    decode_task,
+    fail_exhausted_run,
+)
 from executor_service.chain import ChainExhaustedError, RetryPolicy, run_chain
 from executor_service.config import ExecutorSettings
 from executor_service.output import OutputBatcher
 from executor_service.providers.base import ChatProvider
+from executor_service.route_slots import RouteSlots, route_limit
 
 logger = get_logger(__name__)
 
 DELIVERY_EXHAUSTED = "delivery_exhausted"
+# A task whose route is at its limit is put back for ROUTE_BUSY_BASE_S plus a
+# random share of an exponential delay: 8 to 38 s over five deliveries.
+ROUTE_BUSY_BASE_S = 2.0
+ROUTE_BUSY_MAX_S = 30.0
 
 
 class StopReason(StrEnum):
@@ -54,6 +71,12 @@ class ExecutorHandler:
         )
         self._max_output_chars = settings.executor_max_output_chars
         self._active: dict[str, RunExecution] = {}
+        self._in_hand = RunsInHand()
+        self._route_slots = RouteSlots(
+            route_limit(
+                settings.executor_concurrency, settings.executor_route_concurrency
+            )
+        )
 
     async def on_cancel_notice(self, msg: Msg) -> None:
         """Stop the local execution of a run named in a CancelNotice, if any."""
@@ -68,12 +91,46 @@ class ExecutorHandler:
             execution.stop(StopReason.CANCEL_REQUESTED)
 
     async def handle(self, task: Task) -> Outcome:
-        claim = await claim_task(
-            self._runs,
-            task,
-            executor_pb2.ExecutorTask.FromString,
-            run_pb.STAGE_EXECUTOR,
-            self._worker_id,
+        message = decode_task(task, executor_pb2.ExecutorTask.FromString)
+        if isinstance(message, Outcome):
+            return message
+        with self._in_hand.hold(task.run_id) as held:
+            if not held:
+                return Outcome.ack("run already in hand")
+            with self._route_slots.take(message.model) as slot:
+                if not slot:
+                    return self._route_busy(task, message.model)
+                return await self._handle_claimed(task)
+
+    def _route_busy(self, task: Task, route: str) -> Outcome:
+        """Put back, unclaimed, a task whose route has no free slot.
+
+        On the last delivery the task is acknowledged, because a nak there
+        would exhaust the deliveries. The sweeper publishes a new task for a
+        run left unclaimed (``BULKHEAD_REDISPATCH_AFTER_S``).
+        """
+        limit = self._route_slots.limit
+        if task.is_last_delivery:
+            logger.info(
+                "model route at its limit on the last delivery, left to the sweeper",
+                model=route,
+                limit=limit,
+            )
+            return Outcome.ack("route busy on the last delivery")
+        delay = ROUTE_BUSY_BASE_S + full_jitter_delay(
+            task.delivery, ROUTE_BUSY_BASE_S, ROUTE_BUSY_MAX_S
+        )
+        logger.info(
+            "model route at its limit, task put back",
+            model=route,
+            limit=limit,
+            retry_in_s=round(delay, 2),
+        )
+        return Outcome.nak(delay, "route busy")
+
+    async def _handle_claimed(self, task: Task) -> Outcome:
+        claim = await claim_run(
+            self._runs, task, run_pb.STAGE_EXECUTOR, self._worker_id
         )
         if isinstance(claim, Outcome):
             return claim

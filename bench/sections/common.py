@@ -36,6 +36,20 @@ class Context:
         return path
 
 
+def executor_env(concurrency: int) -> dict[str, dict[str, str]]:
+    """Service settings for executors that serve ``concurrency`` runs at once.
+
+    Each section drives one model route, so that route may use every slot.
+    """
+    value = str(concurrency)
+    return {
+        "executor_service": {
+            "BULKHEAD_EXECUTOR_CONCURRENCY": value,
+            "BULKHEAD_EXECUTOR_ROUTE_CONCURRENCY": value,
+        }
+    }
+
+
 def post_load(
     url: str,
     connections: int,

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from bench.procs import REPO_ROOT
-from bench.sections.common import Context, logger, sample_while
+from bench.sections.common import Context, executor_env, logger, sample_while
 from bench.stack import BenchStack
 
 WATCHED = ("gateway", "chat_service")
@@ -23,9 +23,7 @@ FLOOD_MODEL = "bench-flood"
 def _hold(
     ctx: Context, mode: str, model: str, streams: int, hold_s: float, executors: int
 ) -> dict[str, Any]:
-    service_env = {
-        "executor_service": {"BULKHEAD_EXECUTOR_CONCURRENCY": str(executors)}
-    }
+    service_env = executor_env(executors)
     with BenchStack(
         ctx.work_dir,
         ctx.fake.models_file,

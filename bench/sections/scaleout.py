@@ -13,7 +13,14 @@ from collections import defaultdict
 from typing import Any
 
 from bench.procs import CpuMeter
-from bench.sections.common import Context, logger, run_client, summarise, wait_for
+from bench.sections.common import (
+    Context,
+    executor_env,
+    logger,
+    run_client,
+    summarise,
+    wait_for,
+)
 from bench.stack import BenchStack
 from bench.stats import ratio, spread
 
@@ -23,11 +30,7 @@ MODEL = "bench-200ms"
 def measure(ctx: Context, replicas: int) -> dict[str, Any]:
     plan = ctx.plan
     runs = plan.scaleout_runs_per_replica * replicas
-    service_env = {
-        "executor_service": {
-            "BULKHEAD_EXECUTOR_CONCURRENCY": str(plan.scaleout_concurrency_per_replica)
-        }
-    }
+    service_env = executor_env(plan.scaleout_concurrency_per_replica)
     with BenchStack(
         ctx.work_dir,
         ctx.fake.models_file,

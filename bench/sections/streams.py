@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.fake_model import TOKENS_PER_STREAM
 from bench.procs import CpuMeter
-from bench.sections.common import Context, logger, run_client, summarise
+from bench.sections.common import Context, executor_env, logger, run_client, summarise
 from bench.stack import BenchStack
 from bench.stats import percentile
 
@@ -21,7 +21,7 @@ TTFT_MODEL = "bench-ttft"
 TOKENS_MODEL = "bench-tokens"
 TOKEN_CHARS = len("tok ")
 # Enough executor slots for every stream to be streaming at once.
-WIDE_EXECUTOR_ENV = {"executor_service": {"BULKHEAD_EXECUTOR_CONCURRENCY": "256"}}
+WIDE_EXECUTOR_ENV = executor_env(256)
 
 
 def _first_chunk_times(calls: list[dict[str, Any]]) -> dict[str, float]:

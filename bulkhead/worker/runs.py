@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -281,32 +281,33 @@ class RunTask(Protocol):
     run_id: str
 
 
-async def claim_task(
-    runs: RunClient,
-    task: Task,
-    decode: Callable[[bytes], RunTask],
-    stage: run_pb.Stage.ValueType,
-    worker_id: str,
-) -> run_pb.ClaimRunResponse | Outcome:
-    """Decode a task's run id and claim the run for ``stage``.
+RunTaskT = TypeVar("RunTaskT", bound=RunTask)
 
-    Returns the claim, with the run id and attempt bound to the log context
-    and recorded on ``task``, or the Outcome that settles the task without
-    work: a payload that does not decode, or a run that is not claimable.
+
+def decode_task(task: Task, decode: Callable[[bytes], RunTaskT]) -> RunTaskT | Outcome:
+    """Decode a task's payload, with its run id bound to the log context and
+    recorded on ``task``, or return the Outcome that drops an invalid one."""
+    try:
+        message = decode(task.msg.data)
+    except DecodeError:
+        logger.error("invalid task dropped", size=len(task.msg.data))
+        return Outcome.term("invalid payload")
+    task.run_id = message.run_id
+    bind_context(run_id=message.run_id)
+    return message
+
+
+async def claim_run(
+    runs: RunClient, task: Task, stage: run_pb.Stage.ValueType, worker_id: str
+) -> run_pb.ClaimRunResponse | Outcome:
+    """Claim the decoded task's run for ``stage``.
+
+    Returns the claim, with the attempt bound to the log context and
+    recorded on ``task``, or the Outcome that settles the task without work
+    when the run is not claimable.
     """
     try:
-        run_id = decode(task.msg.data).run_id
-    except DecodeError:
-        logger.error(
-            "invalid task dropped",
-            stage=run_pb.Stage.Name(stage),
-            size=len(task.msg.data),
-        )
-        return Outcome.term("invalid payload")
-    task.run_id = run_id
-    bind_context(run_id=run_id)
-    try:
-        claim = await runs.claim(run_id, stage, worker_id, task.delivery)
+        claim = await runs.claim(task.run_id, stage, worker_id, task.delivery)
     except RunLostError as error:
         logger.info("run not claimable, skipping", reason=error.reason)
         return Outcome.ack(error.reason)
@@ -316,6 +317,34 @@ async def claim_task(
     task.attempt = claim.attempt
     bind_context(attempt=claim.attempt)
     return claim
+
+
+class RunsInHand:
+    """The runs that this worker process is handling now.
+
+    JetStream can hold two tasks for one run, for example when the sweeper
+    publishes a task again for a run that waited in a backlog longer than
+    its redispatch time. chat_service lets a worker claim again a run that
+    the worker has claimed already, which would start a new attempt and stop
+    the one under way. So a second task for a run in hand is acknowledged
+    without a claim.
+    """
+
+    def __init__(self) -> None:
+        self._run_ids: set[str] = set()
+
+    @contextlib.contextmanager
+    def hold(self, run_id: str) -> Iterator[bool]:
+        """Hold ``run_id`` for the block; yields False if it was already held."""
+        if run_id in self._run_ids:
+            logger.info("second task for a run this worker is handling, dropped")
+            yield False
+            return
+        self._run_ids.add(run_id)
+        try:
+            yield True
+        finally:
+            self._run_ids.discard(run_id)
 
 
 def skip_outcome(
