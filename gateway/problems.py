@@ -55,6 +55,11 @@ class Problem(BaseModel):
         default=None,
         description="The chat's active run, on chat-busy problems only.",
     )
+    newer_run_id: str | None = Field(
+        default=None,
+        description="The message's newest run, on run-not-retryable problems "
+        "for a run that was already retried.",
+    )
 
 
 @dataclass(frozen=True)
@@ -191,8 +196,11 @@ def problem_for_rpc_error(error: grpc.RpcError) -> ProblemError:
     if kind is UNAVAILABLE:
         headers["Retry-After"] = "1"
     extra: dict[str, Any] = {}
-    if kind is CHAT_BUSY and detail.metadata.get(_RUN_ID_METADATA):
-        extra["active_run_id"] = detail.metadata[_RUN_ID_METADATA]
+    run_id = detail.metadata.get(_RUN_ID_METADATA)
+    if kind is CHAT_BUSY and run_id:
+        extra["active_run_id"] = run_id
+    elif kind is RUN_NOT_RETRYABLE and run_id:
+        extra["newer_run_id"] = run_id
     errors = [
         FieldError(field=v.field, message=v.description) for v in detail.violations
     ]

@@ -125,6 +125,10 @@ async def stream_run_events(
     if len(request.headers.getlist("last-event-id")) > 1:
         raise validation_problem("Last-Event-ID", "must be sent once")
     check_query_sent_once(request, "last_event_id")
+    if last_event_id_header is not None and not last_event_id_header.strip(" \t"):
+        # An empty id means none (an SSE client sends what the last event's
+        # "id:" field left, which may be nothing).
+        last_event_id_header = None
     after_seq = parse_last_event_id(last_event_id_header, last_event_id)
 
     # The unary call turns an unknown run, or another user's, into a 404

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support.api import auth, post_chat, wait_for_run
+from tests.support.api import auth, parse_sse, post_chat, wait_for_run
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
 
@@ -269,3 +269,24 @@ async def test_bad_last_event_id_is_422(
     )
 
     assert_problem(response, 422)
+
+
+async def test_empty_last_event_id_means_none(
+    gateway_client: httpx.AsyncClient, api_key
+) -> None:
+    key = api_key()
+    run_id = (await post_chat(gateway_client, key, "hi")).json()["run"]["id"]
+    await wait_for_run(gateway_client, key, run_id)
+    path = f"/api/runs/{run_id}/events"
+
+    full = await gateway_client.get(path, headers=auth(key))
+    empty = await gateway_client.get(path, headers=auth(key, **{"Last-Event-ID": ""}))
+    # The empty header does not hide the query parameter.
+    resumed = await gateway_client.get(
+        f"{path}?last_event_id=1", headers=auth(key, **{"Last-Event-ID": ""})
+    )
+
+    assert (full.status_code, empty.status_code, resumed.status_code) == (200,) * 3
+    ids = [event.id for event in parse_sse(full.text)[0]]
+    assert [event.id for event in parse_sse(empty.text)[0]] == ids
+    assert [event.id for event in parse_sse(resumed.text)[0]] == ids[1:]

@@ -328,8 +328,10 @@ async def test_retry_endpoint_starts_new_run(
         f"/api/runs/{failed['id']}/retry", headers=auth(model_key)
     )
     assert again.status_code == 409, again.text
+    assert again.json()["newer_run_id"] == new_run["id"]
     completed = await model_client.post(
         f"/api/runs/{done['id']}/retry", headers=auth(model_key)
     )
     assert completed.status_code == 409, completed.text
     assert completed.headers["content-type"].startswith("application/problem+json")
+    assert "newer_run_id" not in completed.json()

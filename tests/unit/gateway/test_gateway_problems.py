@@ -77,6 +77,20 @@ def test_chat_busy_names_active_run() -> None:
     assert problem.extra == {"active_run_id": "0190a1b2-0000-7000-8000-000000000001"}
 
 
+def test_run_not_retryable_names_newer_run() -> None:
+    error = rpc_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "A newer run exists for this message.",
+        Reason.RUN_NOT_RETRYABLE,
+        {"run_id": "0190a1b2-0000-7000-8000-000000000002"},
+    )
+
+    problem = problem_for_rpc_error(error)
+
+    assert problem.kind.status == 409
+    assert problem.extra == {"newer_run_id": "0190a1b2-0000-7000-8000-000000000002"}
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [
