@@ -232,7 +232,7 @@ def _render_throughput(data: dict[str, Any]) -> list[str]:
             "Layouts: *single* is one chat_service replica for every caller, as "
             "`make up` runs it. *split* gives the gateway and the workers "
             "chat_service replicas of their own and runs the processes that "
-            "serve only AI work at niceness 10. The last column counts the runs "
+            "serve only AI work at niceness 19. The last column counts the runs "
             "completed when the load ended, out of all runs stored. Each figure "
             "starts from an empty database; the other runs are still queued or "
             "running."

@@ -28,10 +28,11 @@ FAKE_API_KEY = "bench-fake-key"
 # "single": one chat_service replica serves every caller, all processes at
 # the default CPU priority (what `make up` runs). "split": the gateway and
 # the workers dial chat_service replicas of their own, and the processes
-# that serve only AI work run at niceness 10 (what docker-compose.yml does
-# with cpu_shares), so that under contention the synchronous path runs first.
+# that serve only AI work run at niceness 19, the lowest CPU weight (what
+# docker-compose.yml does with cpu_shares), so that under contention the
+# synchronous path runs first.
 LAYOUTS = ("single", "split")
-SPLIT_ASYNC_NICE = 10
+SPLIT_ASYNC_NICE = 19
 
 
 def postgres_admin_url() -> str:
