@@ -27,8 +27,9 @@ class ExecutorSettings(CommonSettings):
         default=0,
         ge=0,
         description="Maximum number of runs executed at once whose plan starts "
-        "with the same model route. 0: all but a quarter of "
-        "BULKHEAD_EXECUTOR_CONCURRENCY, rounded down.",
+        "with the same model route. 0: with one route, every slot; with "
+        "several, all but a quarter of BULKHEAD_EXECUTOR_CONCURRENCY (rounded "
+        "down, at least one).",
     )
     executor_shutdown_grace_s: float = Field(
         default=20.0,

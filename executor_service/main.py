@@ -55,6 +55,7 @@ async def serve(settings: ExecutorSettings) -> None:
     )
 
     async def subscribe_cancel_notices(nc: Client) -> None:
+        handler.use_connection(nc)
         # One subscription per process; the handler routes each notice to the
         # run it names, if that run executes here.
         await nc.subscribe(

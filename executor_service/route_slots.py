@@ -12,11 +12,18 @@ from collections import Counter
 from collections.abc import Iterator
 
 
-def route_limit(concurrency: int, configured: int) -> int:
-    """Return how many runs one route may have at once: ``configured``, or by
-    default all but a quarter of the executor's slots (rounded down), which
-    stay free for other routes."""
-    return configured or concurrency - concurrency // 4
+def route_limit(concurrency: int, configured: int, routes: int) -> int:
+    """Return how many runs one model route may have at once.
+
+    ``configured`` wins when set, up to ``concurrency``. By default a lone
+    route may use every slot. With several routes, a quarter of the slots
+    (rounded down, at least one) stays free for the other routes.
+    """
+    if configured:
+        return min(configured, concurrency)
+    if routes < 2 or concurrency < 2:
+        return concurrency
+    return concurrency - max(1, concurrency // 4)
 
 
 class RouteSlots:

@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import Mapping
 from enum import StrEnum
 
+import nats.errors
 from google.protobuf.message import DecodeError
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from bulkhead.log import get_logger
 from bulkhead.models import ModelCatalog
@@ -40,6 +43,7 @@ DELIVERY_EXHAUSTED = "delivery_exhausted"
 # random share of an exponential delay: 8 to 38 s over five deliveries.
 ROUTE_BUSY_BASE_S = 2.0
 ROUTE_BUSY_MAX_S = 30.0
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class StopReason(StrEnum):
@@ -74,9 +78,22 @@ class ExecutorHandler:
         self._in_hand = RunsInHand()
         self._route_slots = RouteSlots(
             route_limit(
-                settings.executor_concurrency, settings.executor_route_concurrency
+                settings.executor_concurrency,
+                settings.executor_route_concurrency,
+                len(catalog.models),
             )
         )
+        self._jetstream: JetStreamContext | None = None
+        logger.info(
+            "runs per model route limited",
+            limit=self._route_slots.limit,
+            concurrency=settings.executor_concurrency,
+            routes=len(catalog.models),
+        )
+
+    def use_connection(self, nc: Client) -> None:
+        """Use ``nc`` to publish tasks again; called on each (re)connection."""
+        self._jetstream = nc.jetstream()
 
     async def on_cancel_notice(self, msg: Msg) -> None:
         """Stop the local execution of a run named in a CancelNotice, if any."""
@@ -99,24 +116,19 @@ class ExecutorHandler:
                 return Outcome.ack("run already in hand")
             with self._route_slots.take(message.model) as slot:
                 if not slot:
-                    return self._route_busy(task, message.model)
+                    return await self._route_busy(task, message.model)
                 return await self._handle_claimed(task)
 
-    def _route_busy(self, task: Task, route: str) -> Outcome:
+    async def _route_busy(self, task: Task, route: str) -> Outcome:
         """Put back, unclaimed, a task whose route has no free slot.
 
-        On the last delivery the task is acknowledged, because a nak there
-        would exhaust the deliveries. The sweeper publishes a new task for a
-        run left unclaimed (``BULKHEAD_REDISPATCH_AFTER_S``).
+        A nak on the last delivery would exhaust the task's deliveries, so
+        there the task is published again as a new message, with deliveries
+        of its own, and this one is acknowledged.
         """
         limit = self._route_slots.limit
         if task.is_last_delivery:
-            logger.info(
-                "model route at its limit on the last delivery, left to the sweeper",
-                model=route,
-                limit=limit,
-            )
-            return Outcome.ack("route busy on the last delivery")
+            return await self._publish_again(task, route)
         delay = ROUTE_BUSY_BASE_S + full_jitter_delay(
             task.delivery, ROUTE_BUSY_BASE_S, ROUTE_BUSY_MAX_S
         )
@@ -127,6 +139,23 @@ class ExecutorHandler:
             retry_in_s=round(delay, 2),
         )
         return Outcome.nak(delay, "route busy")
+
+    async def _publish_again(self, task: Task, route: str) -> Outcome:
+        jetstream = self._jetstream
+        if jetstream is None:
+            return _left_to_sweeper(route, "not connected to NATS")
+        try:
+            await jetstream.publish(
+                task.msg.subject, task.msg.data, timeout=PUBLISH_TIMEOUT_S
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as error:
+            return _left_to_sweeper(route, str(error) or type(error).__name__)
+        logger.info(
+            "model route at its limit on the last delivery, task published again",
+            model=route,
+            limit=self._route_slots.limit,
+        )
+        return Outcome.ack("route busy, published again")
 
     async def _handle_claimed(self, task: Task) -> Outcome:
         claim = await claim_run(
@@ -291,6 +320,18 @@ class RunExecution:
             raise self._stop_error
         logger.info("run stopped", reason=reason.value if reason else None)
         return Outcome.ack(reason.value if reason else "stopped")
+
+
+def _left_to_sweeper(route: str, error: str) -> Outcome:
+    """Acknowledge a task that could not be published again. Its run stays
+    dispatched and unclaimed, so the sweeper publishes a new task for it
+    (``BULKHEAD_REDISPATCH_AFTER_S``)."""
+    logger.warning(
+        "publishing the task again failed; left to the sweeper",
+        model=route,
+        error=error,
+    )
+    return Outcome.ack("route busy, publish failed")
 
 
 def _as_stop_reason(reason: StopReason | str) -> StopReason:

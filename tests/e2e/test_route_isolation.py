@@ -41,19 +41,18 @@ ROUTES: dict[str, dict[str, Any]] = {
     "hung": {
         "max_retries": 0,
         "connect_timeout_s": 2.0,
-        "first_token_timeout_s": 20.0,
+        "first_token_timeout_s": 60.0,
         "idle_timeout_s": 10.0,
-        "timeout_s": 30.0,
+        "timeout_s": 90.0,
     },
     "slow": {"max_retries": 0, "idle_timeout_s": 10.0, "timeout_s": 60.0},
     "bulkhead-echo": {"provider": "builtin"},
 }
 ROUTE_ENV = {
     "BULKHEAD_DEV_MODE": "true",
-    # A task whose route is still busy on its last delivery is acknowledged
-    # and left to the sweeper, which publishes it again after this many seconds.
-    "BULKHEAD_SWEEP_INTERVAL_S": "1",
-    "BULKHEAD_REDISPATCH_AFTER_S": "15",
+    # Far beyond any test here, so that only the executor, never the sweeper,
+    # can publish a task again.
+    "BULKHEAD_REDISPATCH_AFTER_S": "600",
 }
 EXECUTOR_ENV = {
     "BULKHEAD_EXECUTOR_CONCURRENCY": str(EXECUTOR_SLOTS),
@@ -162,7 +161,7 @@ async def test_hung_route_leaves_slots_to_other_routes(
 
     assert echo["status"] == "completed", echo
     assert echo["assistant_message"]["content"] == "You said: still there?"
-    # Nak delays of up to 38 s, a redispatch after 15 s, and the hang itself.
+    # Nak delays of up to 38 s, and the hang itself.
     done = [
         await wait_for_run(route_client, route_key, run_id, timeout=60.0)
         for run_id in hung_runs
@@ -225,3 +224,40 @@ async def test_duplicate_executor_task_dropped(
         route_stack, "second task for a run this worker is handling, dropped"
     )
     assert [record["run_id"] for record in dropped] == [run_id]
+
+
+async def test_busy_route_task_published_again(
+    route_stack: Stack,
+    route_client: httpx.AsyncClient,
+    route_key: str,
+    fake_model: FakeModelThread,
+) -> None:
+    # Longer than the 8 to 38 s of nak delays over five deliveries, so the
+    # third run's task reaches its last delivery while the route is full.
+    fake_model.reset(hung={"reply": REPLY, "headers_delay_s": 45.0})
+    contents = [f"wait {number}" for number in range(ROUTE_SLOTS + 1)]
+    run_ids = [
+        await _post(route_client, route_key, content, "hung") for content in contents
+    ]
+
+    def published_again() -> None:
+        records = _executor_log(
+            route_stack,
+            "model route at its limit on the last delivery, task published again",
+        )
+        assert [record["run_id"] for record in records] == [run_ids[-1]]
+
+    await assert_eventually(published_again, timeout=45.0, interval=0.5)
+    # The calls under way keep their delay, and the third run's call gets no delay.
+    fake_model.configure("hung", reply=REPLY)
+    runs = [
+        await wait_for_run(route_client, route_key, run_id, timeout=60.0)
+        for run_id in run_ids
+    ]
+
+    for run in runs:
+        assert run["status"] == "completed", run
+        assert run["assistant_message"]["content"] == REPLY
+        assert [a["outcome"] for a in run["attempts"]] == ["completed"]
+    calls = fake_model.calls("hung")
+    assert sorted(_user_content(call) for call in calls) == sorted(contents)

@@ -84,15 +84,24 @@ def test_route_slots_never_count_empty_route() -> None:
 
 @pytest.mark.parametrize(
     ("concurrency", "expected"),
-    [(1, 1), (2, 2), (3, 3), (4, 3), (32, 24), (256, 192)],
+    [(1, 1), (2, 1), (3, 2), (4, 3), (8, 6), (32, 24), (256, 192)],
 )
 def test_route_limit_default_leaves_a_quarter(concurrency: int, expected: int) -> None:
-    assert route_limit(concurrency, 0) == expected
+    assert route_limit(concurrency, 0, routes=3) == expected
 
 
-@pytest.mark.parametrize(("concurrency", "configured"), [(32, 5), (4, 1), (2, 8)])
+@pytest.mark.parametrize("concurrency", [1, 2, 32])
+def test_route_limit_lone_route_uses_every_slot(concurrency: int) -> None:
+    assert route_limit(concurrency, 0, routes=1) == concurrency
+
+
+@pytest.mark.parametrize(("concurrency", "configured"), [(32, 5), (4, 1), (8, 8)])
 def test_route_limit_configured_value_wins(concurrency: int, configured: int) -> None:
-    assert route_limit(concurrency, configured) == configured
+    assert route_limit(concurrency, configured, routes=3) == configured
+
+
+def test_route_limit_capped_at_concurrency() -> None:
+    assert route_limit(4, 8, routes=3) == 4
 
 
 @pytest.mark.parametrize("limit", [0, -1])
