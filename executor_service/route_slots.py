@@ -44,7 +44,7 @@ class RouteSlots:
 
     @contextlib.contextmanager
     def take(self, route: str) -> Iterator[bool]:
-        """Hold a slot of ``route`` for the block; yields False if none is free.
+        """Hold a slot of ``route`` for the block. Yields False if none is free.
 
         A task without a route (published before tasks named one) is not
         counted and always gets a slot.

@@ -40,7 +40,8 @@ logger = get_logger(__name__)
 
 DELIVERY_EXHAUSTED = "delivery_exhausted"
 # A task whose route is at its limit is put back for ROUTE_BUSY_BASE_S plus a
-# random share of an exponential delay: 8 to 38 s over five deliveries.
+# random share of an exponential delay: 8 to 38 s in all before its fifth
+# delivery.
 ROUTE_BUSY_BASE_S = 2.0
 ROUTE_BUSY_MAX_S = 30.0
 PUBLISH_TIMEOUT_S = 5.0
@@ -92,7 +93,8 @@ class ExecutorHandler:
         )
 
     def use_connection(self, nc: Client) -> None:
-        """Use ``nc`` to publish tasks again; called on each (re)connection."""
+        """Use ``nc`` to publish tasks again. The worker calls this on each
+        connection to NATS."""
         self._jetstream = nc.jetstream()
 
     async def on_cancel_notice(self, msg: Msg) -> None:
@@ -125,6 +127,10 @@ class ExecutorHandler:
         A nak on the last delivery would exhaust the task's deliveries, so
         there the task is published again as a new message, with deliveries
         of its own, and this one is acknowledged.
+
+        NOTE: a task that is put back still counts towards the consumer's
+        max_ack_pending (1,024), so with over a thousand of them waiting,
+        tasks of other routes reach the executor seconds later.
         """
         limit = self._route_slots.limit
         if task.is_last_delivery:

@@ -335,7 +335,7 @@ class RunsInHand:
 
     @contextlib.contextmanager
     def hold(self, run_id: str) -> Iterator[bool]:
-        """Hold ``run_id`` for the block; yields False if it was already held."""
+        """Hold ``run_id`` for the block. Yields False if it was already held."""
         if run_id in self._run_ids:
             logger.info("second task for a run this worker is handling, dropped")
             yield False
